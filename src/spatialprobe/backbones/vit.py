@@ -1,0 +1,98 @@
+"""Shared reading of plain ViT towers (DINOv2, CLIP, SigLIP): embed, blocks, a square patch grid.
+
+Images are resized here, whole and uncropped, to `resolution` x `resolution`, and the processor only
+normalizes: so a token's footprint is an exact cell of the original image.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..errors import SpatialProbeError
+from ..features import TokenFeatures, grid_footprints
+from .base import HookedBackbone
+
+
+def load_pretrained(loader, family: str, name_or_path: str, **kwargs):
+    """`loader.from_pretrained` with a one-line error that names the model when it cannot be loaded."""
+    try:
+        return loader.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as err:
+        where = "local folder" if Path(name_or_path).exists() else "hub id or folder"
+        reason = str(err).strip().splitlines()[0][:200]
+        raise SpatialProbeError(f"cannot load {family} model from {where} {name_or_path!r}: {reason}") from err
+
+
+def resize_whole(images: list[Image.Image], size: int) -> list[Image.Image]:
+    return [im.convert("RGB").resize((size, size), Image.BICUBIC) for im in images]
+
+
+class VitTowerBackbone(HookedBackbone):
+    """A ViT whose sequence is [special tokens..., patch tokens in raster order]."""
+
+    model_class: Any = None
+    #: names of the leading non-spatial tokens, e.g. ("cls",) — they go to `extra`
+    def leading_tokens(self) -> dict[str, int]:
+        return {}
+
+    def __init__(self, name_or_path: str, device: str = "cpu", dtype: str = "float32", resolution: int | None = None):
+        super().__init__(name_or_path, device, dtype)
+        from transformers import AutoImageProcessor
+
+        self.model = load_pretrained(self.model_class, self.family, self.name_or_path, dtype=self.dtype)
+        self.model.to(self.device).eval()
+        self.processor = load_pretrained(AutoImageProcessor, self.family, self.name_or_path)
+        self.patch = int(self.model.config.patch_size)
+        self.resolution = int(resolution or self.default_resolution())
+        if self.resolution % self.patch:
+            raise SpatialProbeError(
+                f"{self.family}: resolution {self.resolution} is not a multiple of the patch size {self.patch}"
+            )
+        self.side = self.resolution // self.patch
+
+    def default_resolution(self) -> int:
+        return int(self.model.config.image_size)
+
+    def embeddings(self) -> torch.nn.Module:
+        return self.model.embeddings
+
+    def blocks(self) -> list[torch.nn.Module]:
+        return list(self.model.encoder.layers)
+
+    def stage_modules(self) -> dict[str, torch.nn.Module]:
+        stages = {"vision.embed": self.embeddings()}
+        stages.update({f"vision.block.{i}": block for i, block in enumerate(self.blocks())})
+        return stages
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {
+            "resize": "whole image, bicubic, no crop",
+            "resolution": self.resolution,
+            "patch_size": self.patch,
+            "image_mean": list(map(float, self.processor.image_mean)),
+            "image_std": list(map(float, self.processor.image_std)),
+        }
+
+    def prepare(self, images: list[Image.Image]) -> tuple[dict[str, Any], None]:
+        options = {"do_resize": False, "return_tensors": "pt"}
+        if hasattr(self.processor, "do_center_crop"):
+            options["do_center_crop"] = False
+        pixels = self.processor(images=resize_whole(images, self.resolution), **options)["pixel_values"]
+        return {"pixel_values": pixels.to(self.device, self.dtype), **self.forward_options()}, None
+
+    def forward_options(self) -> dict[str, Any]:
+        return {}
+
+    def to_features(self, stage: str, raw: torch.Tensor, layout: None) -> TokenFeatures:
+        extra, start = {}, 0
+        for name, count in self.leading_tokens().items():
+            extra[name] = raw[:, start : start + count].float()
+            start += count
+        tokens = raw[:, start:].float()
+        if tokens.shape[1] != self.side * self.side:
+            raise RuntimeError(f"{self.label} {stage}: {tokens.shape[1]} patch tokens, expected {self.side}^2")
+        footprints = grid_footprints(self.side, self.side).expand(tokens.shape[0], -1, -1)
+        return TokenFeatures(tokens, footprints.contiguous(), (self.side, self.side), extra)

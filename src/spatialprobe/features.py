@@ -1,0 +1,71 @@
+"""The core contract: tokens of one stage, each with its footprint in the original image."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class TokenFeatures:
+    """Features of one stage for a batch of images.
+
+    tokens:     [B, N, C] float, only tokens that have a place in the image.
+    footprints: [B, N, 4] float, each token's region of the ORIGINAL image as normalized
+                x0, y0, x1, y1 in [0, 1].
+    grid_shape: (H, W) when the N tokens form a raster in raster order (N == H * W), else None.
+    extra:      tokens with no place in the image (CLS, global, newline, learned queries), by name,
+                each [B, K, C].
+    """
+
+    tokens: torch.Tensor
+    footprints: torch.Tensor
+    grid_shape: tuple[int, int] | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.tokens.ndim != 3 or self.footprints.shape != (*self.tokens.shape[:2], 4):
+            raise ValueError(
+                f"tokens {tuple(self.tokens.shape)} and footprints {tuple(self.footprints.shape)} "
+                "must be [B, N, C] and [B, N, 4]"
+            )
+        if self.grid_shape is not None and self.grid_shape[0] * self.grid_shape[1] != self.tokens.shape[1]:
+            raise ValueError(f"grid_shape {self.grid_shape} does not hold {self.tokens.shape[1]} tokens")
+
+    def grid(self) -> torch.Tensor:
+        """Tokens as a raster [B, H, W, C]; only for stages whose tokens form a grid."""
+        if self.grid_shape is None:
+            raise ValueError("this stage's tokens do not form a grid")
+        b, _, c = self.tokens.shape
+        return self.tokens.reshape(b, *self.grid_shape, c)
+
+    def with_tokens(self, tokens: torch.Tensor) -> "TokenFeatures":
+        """The same footprints and extras around new tokens (e.g. cast or shuffled)."""
+        return TokenFeatures(tokens, self.footprints, self.grid_shape, self.extra)
+
+    def select(self, index) -> "TokenFeatures":
+        """A sub-batch (index into the batch dimension)."""
+        return TokenFeatures(
+            self.tokens[index], self.footprints[index], self.grid_shape, {k: v[index] for k, v in self.extra.items()}
+        )
+
+    @staticmethod
+    def concat(parts: list["TokenFeatures"]) -> "TokenFeatures":
+        """Join batches of the same stage along the batch dimension."""
+        first = parts[0]
+        return TokenFeatures(
+            torch.cat([p.tokens for p in parts]),
+            torch.cat([p.footprints for p in parts]),
+            first.grid_shape,
+            {k: torch.cat([p.extra[k] for p in parts]) for k in first.extra},
+        )
+
+
+def grid_footprints(rows: int, cols: int, region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)) -> torch.Tensor:
+    """Footprints [rows*cols, 4] of a raster of equal cells tiling `region` of the image, in raster order."""
+    x0, y0, x1, y1 = region
+    xs = torch.linspace(x0, x1, cols + 1, dtype=torch.float64)
+    ys = torch.linspace(y0, y1, rows + 1, dtype=torch.float64)
+    gy, gx = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    gy, gx = gy.reshape(-1), gx.reshape(-1)
+    return torch.stack([xs[gx], ys[gy], xs[gx + 1], ys[gy + 1]], dim=-1).float()

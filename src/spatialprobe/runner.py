@@ -1,0 +1,204 @@
+"""`spatialprobe run`: dataset -> extraction (cached) -> probes -> results.jsonl, manifest.json, report."""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from . import __version__
+from .backbones import load_backbone
+from .backbones.base import Backbone
+from .cache import FeatureCache, cache_key, default_cache_dir
+from .config import ModelConfig, RunConfig
+from .data import dataset_hash, generate_synthetic_shapes, load_coco
+from .errors import SpatialProbeError
+from .extract import extract_split
+from .probes import ProbeSplit, run_spatial_probes, shuffle_tokens
+
+MASK_SIZE = 112  # target masks are compared at this resolution (enough for 224-px images, cheap)
+
+
+@dataclass
+class ModelRun:
+    """One backbone to measure: a configured model, its random-init copy, or the pixels control."""
+    name: str
+    family: str
+    path: str
+    label: str | None
+    stages: list[str] | None
+    options: dict
+    control: str  # "none" | "random_init" | "pixels"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def work_dir(config: RunConfig) -> Path:
+    return Path(config.cache_dir) if config.cache_dir else default_cache_dir().parent
+
+
+def prepare_dataset(config: RunConfig, console: Console) -> Path:
+    spec = config.dataset
+    if spec.kind == "coco":
+        if spec.path is None or not Path(spec.path).is_dir():
+            raise SpatialProbeError(f"dataset.path: dataset folder not found: {spec.path}")
+        return Path(spec.path)
+    params = spec.shapes.model_dump()
+    root = spec.path or work_dir(config) / "datasets" / f"synthetic_shapes-{cache_key(**params)[:12]}"
+    console.print(f"dataset: synthetic_shapes at {root}")
+    return generate_synthetic_shapes(Path(root), **params)
+
+
+def probe_split(data, feats, mask_size: int = MASK_SIZE) -> ProbeSplit:
+    targets = [data.target(i) for i in range(len(data))]
+    boxes = torch.tensor(np.stack([t[0] for t in targets]), dtype=torch.float32)
+    masks = torch.stack([torch.from_numpy(resize_mask(t[1], mask_size)) for t in targets])
+    return ProbeSplit(feats.tokens.float(), feats.footprints.float(), boxes, masks)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 127
+
+
+def model_runs(config: RunConfig) -> list[ModelRun]:
+    runs = []
+    if config.controls.pixels:
+        runs.append(ModelRun("pixels", "pixels", "pixels", None, None, {}, "pixels"))
+    for m in config.models:
+        stages = None if m.stages == "all" else list(m.stages)
+        runs.append(ModelRun(m.name, m.family, m.path, m.label, stages, dict(m.options), "none"))
+        if m.random_init_control:
+            runs.append(ModelRun(f"{m.name} [random init]", m.family, m.path, None, stages, dict(m.options), "random_init"))
+    return runs
+
+
+def resolve_path(run: ModelRun, config: RunConfig) -> str:
+    if run.path.startswith("installed:"):
+        from .weights import install_weights
+
+        return str(install_weights(run.path.removeprefix("installed:")))
+    if run.path == "tiny":
+        from .testing import save_tiny
+
+        folder = work_dir(config) / "tiny" / run.family
+        if not (folder / "config.json").exists():
+            save_tiny(run.family, folder)
+        return str(folder)
+    return run.path
+
+
+def open_backbone(run: ModelRun, config: RunConfig) -> Backbone:
+    backbone = load_backbone(run.family, resolve_path(run, config), device=config.device, dtype=config.dtype, **run.options)
+    if run.control == "random_init":
+        randomize(backbone, seed=config.seed)
+    if run.label:
+        backbone.label = run.label
+    elif run.path.startswith("installed:"):
+        from .weights import IMGFOCUS_LABEL
+
+        backbone.label = IMGFOCUS_LABEL
+    if run.control == "random_init":
+        backbone.label = f"{backbone.label} [random init]"
+    return backbone
+
+
+def randomize(backbone: Backbone, seed: int) -> None:
+    """Replace the weights by a fresh random initialization of the same architecture (a control)."""
+    model = getattr(backbone, "model", None)
+    if model is None:
+        raise SpatialProbeError(f"{backbone.family} has no weights to randomize")
+    torch.manual_seed(seed)
+    fresh = type(model)(model.config).to(device=backbone.device, dtype=backbone.dtype).eval()
+    backbone.model = fresh
+
+
+def iter_results(run: ModelRun, label: str, train_feats, test_feats, train_data, test_data,
+                 config: RunConfig) -> Iterator[dict]:
+    base = {"model": run.name, "label": label, "family": run.family, "task": "spatial_probe", "seed": config.seed}
+    for stage in train_feats:
+        train = probe_split(train_data, train_feats[stage])
+        test = probe_split(test_data, test_feats[stage])
+        variants = [("none" if run.control != "random_init" else "random_init", train, test)]
+        if config.controls.shuffled_tokens and run.control == "none":
+            variants.append(("shuffled", shuffle_tokens(train, config.seed), shuffle_tokens(test, config.seed + 1)))
+        for control, tr, te in variants:
+            name = run.name if control in ("none", "random_init", "pixels") else f"{run.name} [shuffled tokens]"
+            for record in run_spatial_probes(tr, te, probes=tuple(config.probes), n_boot=config.bootstrap, seed=config.seed):
+                yield {**base, "model": name, "control": control if run.control != "pixels" else "pixels",
+                       "stage": stage, **record}
+
+
+def environment() -> dict:
+    import transformers
+
+    return {"spatialprobe": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available()}
+
+
+def run(config: RunConfig, out: Path, console: Console | None = None) -> Path:
+    console = console or Console(stderr=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    root = prepare_dataset(config, console)
+    train_data = load_coco(root, config.dataset.train_split)
+    test_data = load_coco(root, config.dataset.test_split)
+    data_hash = dataset_hash(root)
+    cache = FeatureCache(work_dir(config) / "features" if config.cache_dir else None)
+    manifest = {"config": json.loads(config.model_dump_json()), "environment": environment(), "device": config.device,
+                "dtype": config.dtype, "dataset": {"root": str(root), "hash": data_hash, "train": len(train_data),
+                                                   "test": len(test_data)}, "models": {}}
+    results: list[dict] = []
+    runs = model_runs(config)
+    with progress_bar(console) as bar:
+        overall = bar.add_task("models", total=len(runs))
+        for model_run in runs:
+            backbone = open_backbone(model_run, config)
+            stages = backbone.resolve_stages(model_run.stages)
+            manifest["models"][model_run.name] = {**backbone.describe(), "control": model_run.control, "stages": stages}
+            feats = {}
+            for split, data in (("train", train_data), ("test", test_data)):
+                task = bar.add_task(f"{model_run.name}: extract {split}", total=len(data))
+                feats[split] = extract_split(
+                    backbone, data, data_hash, stages, cache, config.shard_size, config.batch_size,
+                    on_shard=lambda job, t=task: bar.update(t, completed=job.stop))
+            del backbone
+            probe_task = bar.add_task(f"{model_run.name}: probes", total=len(stages))
+            for record in iter_results(model_run, manifest["models"][model_run.name]["label"],
+                                       feats["train"], feats["test"], train_data, test_data, config):
+                results.append(record)
+                bar.update(probe_task, completed=stages.index(record["stage"]) + 1)
+            write_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
+            del feats
+            gc.collect()
+            bar.update(overall, advance=1)
+    manifest["cache_entries_rebuilt"] = len(cache.rebuilt)
+    write_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
+    from .report import write_report
+
+    write_report(out)
+    console.print(f"[green]done[/green]: {out / 'report.html'}")
+    return out
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False, disable=not console.is_terminal and os.environ.get("CI") == "true")
