@@ -1,0 +1,200 @@
+"""`synthetic_shapes`: seeded images of simple shapes with exact boxes and masks, written as COCO.
+
+Every object is drawn from its own mask (supersampled polygon, thresholded at half coverage), so
+the object's pixels, its mask and its box agree exactly. Each image has its own random stream,
+derived from (seed, split, index): changing the number of test images leaves the train images alone.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
+
+from ..errors import SpatialProbeError
+
+SHAPES = ("circle", "square", "triangle", "ellipse", "star")
+BACKGROUNDS = ("plain", "noise", "texture")
+PALETTE = {
+    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (235, 220, 50),
+    "magenta": (210, 50, 200), "cyan": (50, 210, 220), "orange": (245, 140, 30), "white": (245, 245, 245),
+}
+# the `easy` preset: bright shapes on a near-black background, so raw patch pixels separate them linearly
+EASY_PALETTE = {"white": (250, 250, 250), "yellow": (250, 240, 90), "cyan": (90, 240, 250), "pink": (250, 150, 230)}
+SPLITS = ("train", "val", "test")
+SUPERSAMPLE = 4
+MAX_OVERLAP = 0.1  # at most this fraction of a new object may cover earlier ones
+
+
+def shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float, aspect: float) -> list[tuple[float, float]]:
+    """Vertices of a shape whose every point lies within radius r of (cx, cy)."""
+    if kind in ("circle", "ellipse"):
+        ts = np.linspace(0, 2 * math.pi, 96, endpoint=False)
+        ry = r if kind == "circle" else r * aspect
+        local = [(r * math.cos(t), ry * math.sin(t)) for t in ts]
+    elif kind == "square":
+        local = [(r * math.cos(math.pi / 4 + k * math.pi / 2), r * math.sin(math.pi / 4 + k * math.pi / 2)) for k in range(4)]
+    elif kind == "triangle":
+        local = [(r * math.cos(-math.pi / 2 + k * 2 * math.pi / 3), r * math.sin(-math.pi / 2 + k * 2 * math.pi / 3)) for k in range(3)]
+    elif kind == "star":
+        local = [((r if k % 2 == 0 else 0.45 * r) * math.cos(-math.pi / 2 + k * math.pi / 5),
+                  (r if k % 2 == 0 else 0.45 * r) * math.sin(-math.pi / 2 + k * math.pi / 5)) for k in range(10)]
+    else:
+        raise SpatialProbeError(f"unknown shape {kind!r}; choose from {', '.join(SHAPES)}")
+    c, s = math.cos(angle), math.sin(angle)
+    return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in local]
+
+
+def draw_mask(polygon: list[tuple[float, float]], size: int) -> np.ndarray:
+    """The polygon's mask at `size` px: pixels at least half covered (measured on a supersampled grid)."""
+    big = Image.new("L", (size * SUPERSAMPLE, size * SUPERSAMPLE), 0)
+    ImageDraw.Draw(big).polygon([(x * SUPERSAMPLE, y * SUPERSAMPLE) for x, y in polygon], fill=255)
+    cover = np.asarray(big, dtype=np.float32).reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3))
+    return cover >= 127.5
+
+
+def background(kind: str, size: int, rng: np.random.Generator, avoid: list[np.ndarray], easy: bool) -> np.ndarray:
+    if easy:
+        return np.broadcast_to(rng.integers(0, 30, 3), (size, size, 3)).astype(np.uint8)
+    base = far_colour(rng, avoid)
+    if kind == "plain":
+        return np.broadcast_to(base, (size, size, 3)).astype(np.uint8)
+    if kind == "noise":
+        return np.clip(base + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+    if kind == "texture":
+        other = np.clip(base + rng.integers(-50, 51, 3), 0, 255)
+        period, angle = rng.uniform(6, 20), rng.uniform(0, math.pi)
+        yy, xx = np.mgrid[0:size, 0:size]
+        stripes = (np.floor((xx * math.cos(angle) + yy * math.sin(angle)) / period) % 2).astype(bool)
+        return np.where(stripes[..., None], other, base).astype(np.uint8)
+    raise SpatialProbeError(f"unknown background {kind!r}; choose from {', '.join(BACKGROUNDS)}")
+
+
+def far_colour(rng: np.random.Generator, avoid: list[np.ndarray], min_distance: float = 120.0) -> np.ndarray:
+    """A random colour at least `min_distance` (RGB Euclidean) from every object colour."""
+    for _ in range(200):
+        colour = rng.integers(0, 256, 3)
+        if all(np.linalg.norm(colour - a) >= min_distance for a in avoid):
+            return colour
+    return np.array([0, 0, 0]) if all(a.sum() > 300 for a in avoid) else np.array([255, 255, 255])
+
+
+def sample_objects(params: dict, rng: np.random.Generator) -> list[dict]:
+    size, (lo, hi) = params["image_size"], params["size_range"]
+    palette = EASY_PALETTE if params["preset"] == "easy" else {k: PALETTE[k] for k in params["colors"]}
+    objects, union = [], np.zeros((size, size), bool)
+    for _ in range(params["objects_per_image"]):
+        for _attempt in range(50):
+            kind = params["shapes"][rng.integers(len(params["shapes"]))]
+            colour_name = list(palette)[rng.integers(len(palette))]
+            r = rng.uniform(lo, hi) * size / 2
+            cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
+            angle = 0.0 if kind == "circle" else rng.uniform(0, 2 * math.pi)
+            mask = draw_mask(shape_polygon(kind, cx, cy, r, angle, rng.uniform(0.45, 0.75)), size)
+            if mask.any() and (mask & union).sum() <= MAX_OVERLAP * mask.sum():
+                break
+        mask = mask & ~union  # later objects never claim pixels of earlier ones: masks stay disjoint
+        union |= mask
+        objects.append({"shape": kind, "colour": colour_name, "rgb": np.array(palette[colour_name]), "mask": mask})
+    return objects
+
+
+def render_image(params: dict, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
+    objects = sample_objects(params, rng)
+    pixels = background(params["background"], params["image_size"], rng, [o["rgb"] for o in objects],
+                        params["preset"] == "easy").copy()
+    for obj in objects:
+        pixels[obj["mask"]] = obj["rgb"]
+    return pixels, objects
+
+
+def mask_box(mask: np.ndarray) -> list[float]:
+    """COCO [x, y, w, h] of a mask's pixels (pixel edges, so a 1-pixel object has w = h = 1)."""
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+
+
+def coco_annotation(ann_id: int, image_id: int, category_id: int, mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": mask_box(mask),
+            "area": float(mask.sum()), "iscrowd": 0, "segmentation": rle}
+
+
+def write_split(root: Path, split: str, count: int, params: dict, categories: dict[str, int], progress: bool) -> None:
+    folder = root / "images" / split
+    folder.mkdir(parents=True)
+    images, annotations = [], []
+    indices = range(count)
+    if progress:
+        from rich.progress import track
+
+        indices = track(indices, description=f"synthetic_shapes {split}")
+    for index in indices:
+        rng = np.random.default_rng([params["seed"], SPLITS.index(split), index])
+        pixels, objects = render_image(params, rng)
+        name = f"{split}_{index:05d}.png"
+        Image.fromarray(pixels).save(folder / name)
+        images.append({"id": index + 1, "file_name": name, "width": params["image_size"], "height": params["image_size"]})
+        for obj in objects:
+            annotations.append(coco_annotation(len(annotations) + 1, index + 1, categories[obj["shape"]], obj["mask"]))
+    cats = [{"id": i, "name": name, "supercategory": "shape"} for name, i in categories.items()]
+    (root / "annotations").mkdir(exist_ok=True)
+    (root / "annotations" / f"instances_{split}.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": cats}))
+
+
+def generate_synthetic_shapes(out: str | Path, *, n_train: int = 300, n_val: int = 50, n_test: int = 100,
+                              image_size: int = 224, objects_per_image: int = 1, shapes=SHAPES, colors=None,
+                              size_range=(0.15, 0.5), background: str = "plain", preset: str | None = None,
+                              seed: int = 0, progress: bool = False) -> Path:
+    """Write the dataset to `out` (atomically) and return it; an identical existing one is reused."""
+    out = Path(out)
+    params = {"n_train": n_train, "n_val": n_val, "n_test": n_test, "image_size": image_size,
+              "objects_per_image": objects_per_image, "shapes": list(shapes), "colors": list(colors or PALETTE),
+              "size_range": list(size_range), "background": background, "preset": preset, "seed": seed}
+    validate(params)
+    if (out / "dataset.json").exists():
+        existing = json.loads((out / "dataset.json").read_text())
+        if existing != {"generator": "synthetic_shapes", **params}:
+            raise SpatialProbeError(f"{out} already holds a synthetic_shapes dataset with other parameters; "
+                                    "choose another --out or delete it")
+        return out
+    if out.exists() and any(out.iterdir()):
+        raise SpatialProbeError(f"{out} exists and is not a synthetic_shapes dataset; choose an empty folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        categories = {name: i + 1 for i, name in enumerate(params["shapes"])}
+        for split, count in zip(SPLITS, (n_train, n_val, n_test)):
+            write_split(tmp, split, count, params, categories, progress)
+        # written last: its presence marks a complete dataset
+        (tmp / "dataset.json").write_text(json.dumps({"generator": "synthetic_shapes", **params}, indent=2))
+        if out.exists():
+            out.rmdir()
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def validate(params: dict) -> None:
+    for shape in params["shapes"]:
+        if shape not in SHAPES:
+            raise SpatialProbeError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
+    for colour in params["colors"]:
+        if colour not in PALETTE:
+            raise SpatialProbeError(f"unknown colour {colour!r}; choose from {', '.join(PALETTE)}")
+    if params["background"] not in BACKGROUNDS:
+        raise SpatialProbeError(f"unknown background {params['background']!r}; choose from {', '.join(BACKGROUNDS)}")
+    if params["preset"] not in (None, "easy"):
+        raise SpatialProbeError(f"unknown preset {params['preset']!r}; the one preset is 'easy'")
+    lo, hi = params["size_range"]
+    if not 0 < lo <= hi <= 1:
+        raise SpatialProbeError(f"size_range {params['size_range']} must satisfy 0 < min <= max <= 1")
