@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .metrics import mask_iou, paired_box_iou
-from .probes.footprints import mask_boxes, paint, token_coverage
+from ..metrics import paired_box_iou
+from .footprints import mask_boxes, paint, token_coverage
+from .scoring import evaluate
 
 MASK_THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.05), 2)
 
@@ -29,8 +30,6 @@ def best_constant_mask(train_masks: torch.Tensor) -> torch.Tensor:
 
 
 def floors(train, test) -> dict[str, float]:
-    from .probes import evaluate
-
     n = len(test.boxes)
     boxes = train.boxes.mean(0, keepdim=True).expand(n, 4)
     constant = best_constant_mask(train.masks)
@@ -47,8 +46,6 @@ def ceiling_masks(test) -> torch.Tensor:
 
 
 def ceilings(test) -> dict[str, float]:
-    from .probes import evaluate
-
     masks = ceiling_masks(test)
     boxes = mask_boxes(masks)
     # an oracle ranking (each box scored by its own IoU) makes the mAP ceiling a true upper bound
