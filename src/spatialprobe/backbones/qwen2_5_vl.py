@@ -1,0 +1,128 @@
+"""Qwen2.5-VL, traced in full: patch embedding, vision blocks, the 2x2 merger, LLM layers.
+
+Token order (transformers 5.x, checked by the planted-patch test): the image processor emits
+patches in 2x2-group order (groups in raster order, then the 4 patches of a group in raster order);
+after the patch embedding the vision tower permutes whole groups by `window_index` for window
+attention, so every block output — and the merger's own output — is in window order; the tower
+undoes that (`argsort(window_index)`) only after the merger. The LLM sees merged tokens in raster
+order at the image-pad positions. The vision tower runs all images of a batch as one sequence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..errors import SpatialProbeError
+from ..features import TokenFeatures, grid_footprints
+from .base import HookedBackbone
+from .vit import load_pretrained, resize_whole
+
+PROMPT = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>\n<|im_start|>assistant\n"
+
+
+@dataclass
+class Layout:
+    side: int  # patches per image side
+    window_index: torch.Tensor  # group permutation of the whole batch (from the model's own helper)
+    image_positions: torch.Tensor  # [B, M] positions of image tokens in the LLM sequence
+
+
+def group_order_to_raster(side: int, merge: int) -> torch.Tensor:
+    """index[k] = position, in 2x2-group order, of the k-th patch in raster order."""
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    groups_per_row = side // merge
+    group = (rows // merge) * groups_per_row + cols // merge
+    within = (rows % merge) * merge + cols % merge
+    return (group * merge * merge + within).reshape(-1)
+
+
+class Qwen25VLBackbone(HookedBackbone):
+    family = "qwen2_5_vl"
+    stage_summary = "vision.embed, vision.block.<i>, projector.out (2x2 merger), llm.layer.<i> (image tokens)"
+    weights_source = "hub id or folder (Qwen/Qwen2.5-VL-*-Instruct)"
+    offline_test = "yes (tiny)"
+
+    def __init__(self, name_or_path: str, device: str = "cpu", dtype: str = "float32", resolution: int = 224):
+        super().__init__(name_or_path, device, dtype)
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+        self.model = load_pretrained(Qwen2_5_VLForConditionalGeneration, self.family, self.name_or_path,
+                                     dtype=self.dtype, use_safetensors=True)
+        self.model.to(self.device).eval()
+        self.processor = load_pretrained(AutoProcessor, self.family, self.name_or_path)
+        vision = self.model.config.vision_config
+        self.patch, self.merge = int(vision.patch_size), int(vision.spatial_merge_size)
+        if resolution % (self.patch * self.merge):
+            raise SpatialProbeError(f"{self.family}: resolution {resolution} is not a multiple of "
+                                    f"{self.patch * self.merge} (patch size x merge size)")
+        self.resolution = resolution
+        self.side = resolution // self.patch
+        self.raster = group_order_to_raster(self.side, self.merge)
+
+    @property
+    def visual(self) -> torch.nn.Module:
+        return self.model.model.visual
+
+    def stage_modules(self) -> dict[str, torch.nn.Module]:
+        stages = {"vision.embed": self.visual.patch_embed}
+        stages.update({f"vision.block.{i}": b for i, b in enumerate(self.visual.blocks)})
+        stages["projector.out"] = self.visual.merger
+        stages.update({f"llm.layer.{i}": layer for i, layer in enumerate(self.model.model.language_model.layers)})
+        return stages
+
+    def preprocessing(self) -> dict[str, Any]:
+        image_processor = self.processor.image_processor
+        return {"resize": "whole image, bicubic, no crop", "resolution": self.resolution, "patch_size": self.patch,
+                "merge_size": self.merge, "prompt": PROMPT,
+                "image_mean": list(map(float, image_processor.image_mean)),
+                "image_std": list(map(float, image_processor.image_std))}
+
+    def prepare(self, images: list[Image.Image]) -> tuple[dict[str, Any], Layout]:
+        from transformers.vision_utils import get_vision_window_index
+
+        inputs = self.processor(text=[PROMPT] * len(images), images=resize_whole(images, self.resolution),
+                                return_tensors="pt", images_kwargs={"do_resize": False})
+        grid = inputs["image_grid_thw"]
+        if not (grid[:, 1:] == self.side).all():
+            raise RuntimeError(f"{self.label}: processor made a {grid[0].tolist()} grid, expected {self.side}x{self.side}")
+        config = self.model.config.vision_config
+        window_index, _ = get_vision_window_index(grid, self.merge, config.window_size, self.patch)
+        positions = torch.stack([row.nonzero().flatten() for row in inputs["input_ids"] == self.model.config.image_token_id])
+        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                  for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        return inputs, Layout(self.side, window_index, positions)
+
+    def _in_group_order(self, stage: str, raw: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """Vision-tower tokens of the whole batch, in the processor's 2x2-group order."""
+        unit = 1 if stage == "projector.out" else self.merge * self.merge
+        if stage == "vision.embed":  # the permutation happens after the patch embedding
+            return raw
+        grouped = raw.reshape(-1, unit, raw.shape[-1])
+        return grouped[torch.argsort(layout.window_index.to(raw.device))].reshape(raw.shape)
+
+    def to_features(self, stage: str, raw: torch.Tensor, layout: Layout) -> TokenFeatures:
+        merged_side = self.side // self.merge
+        if stage.startswith("llm."):
+            index = layout.image_positions.to(raw.device)
+            tokens = torch.gather(raw, 1, index[..., None].expand(-1, -1, raw.shape[-1]))
+            side = merged_side
+        else:
+            ordered = self._in_group_order(stage, raw, layout)
+            if stage == "projector.out":  # one token per group: group order is the merged raster
+                side = merged_side
+                tokens = ordered.reshape(-1, side * side, ordered.shape[-1])
+            else:
+                side = self.side
+                tokens = ordered.reshape(-1, side * side, ordered.shape[-1])[:, self.raster.to(raw.device)]
+        footprints = grid_footprints(side, side).expand(tokens.shape[0], -1, -1).contiguous()
+        return TokenFeatures(tokens.float(), footprints, (side, side))
+
+    @classmethod
+    def save_tiny(cls, path: Path, seed: int = 0) -> None:
+        from ._tiny_qwen import save_tiny_qwen2_5_vl
+
+        save_tiny_qwen2_5_vl(Path(path), seed)
