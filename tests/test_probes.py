@@ -89,10 +89,12 @@ def test_floor_and_ceiling_by_hand():
     # (train IoU (2/3+2/3+1)/3 = .778), higher ones the 16-px quadrant ((1+1+2/3)/3 = .889): quadrant.
     # with C: inter rows 1-3 x cols 0-3 = 12, union 16 + 36 - 12 = 40 -> .3
     assert floor["spatial_iou"] == pytest.approx(0.3)
-    # token coverage of C: TL 12/16, TR 6/16, BL 12/16, BR 6/16 -> left column kept: 32 px mask,
-    # inter 24, union 44 -> 6/11; its box [0, 0, .5, 1] with C's box: .375 / .6875 = 6/11
-    assert ceiling["spatial_iou"] == pytest.approx(6 / 11)
-    assert ceiling["bbox_iou"] == pytest.approx(6 / 11)
+    # token coverage of C: TL 12/16, TR 6/16, BL 12/16, BR 6/16. Token-aligned masks: the left
+    # column (32 px: inter 24, union 44 -> 6/11 = .545) or all four tokens (inter 36, union 64 ->
+    # 9/16 = .5625): the best is all four
+    assert ceiling["spatial_iou"] == pytest.approx(9 / 16)
+    # that mask's box is the whole image; with C's box [0, .125, .75, .875]: .5625 / 1
+    assert ceiling["bbox_iou"] == pytest.approx(9 / 16)
     assert ceiling["map_50"] == pytest.approx(1.0) and ceiling["map_75"] == 0.0
 
 

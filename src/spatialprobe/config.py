@@ -61,6 +61,8 @@ class ModelConfig(Strict):
 
 class ControlsConfig(Strict):
     pixels: bool = True
+    #: the pixels control cuts images resized to this size into 14-px patches
+    pixels_resolution: int = Field(224, ge=14, multiple_of=14)
     shuffled_tokens: bool = True
 
 
@@ -92,7 +94,7 @@ def parse_config(data: dict, source: str = "<config>") -> RunConfig:
     except ValidationError as err:
         first = err.errors()[0]
         where = _field_path(first["loc"]) or "(top level)"
-        message = "unknown key (misspelled?)" if first["type"] == "extra_forbidden" else first["msg"]
+        message = "unknown key (misspelled?)" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
         more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
         raise SpatialProbeError(f"{source}: {where}: {message}{more}") from None
 

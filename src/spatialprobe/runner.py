@@ -13,6 +13,7 @@ from typing import Iterator
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__
@@ -80,7 +81,7 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 def model_runs(config: RunConfig) -> list[ModelRun]:
     runs = []
     if config.controls.pixels:
-        runs.append(ModelRun("pixels", "pixels", "pixels", None, None, {}, "pixels"))
+        runs.append(ModelRun("pixels", "pixels", "pixels", None, None, {"resolution": config.controls.pixels_resolution}, "pixels"))
     for m in config.models:
         stages = None if m.stages == "all" else list(m.stages)
         runs.append(ModelRun(m.name, m.family, m.path, m.label, stages, dict(m.options), "none"))
@@ -108,15 +109,23 @@ def open_backbone(run: ModelRun, config: RunConfig) -> Backbone:
     backbone = load_backbone(run.family, resolve_path(run, config), device=config.device, dtype=config.dtype, **run.options)
     if run.control == "random_init":
         randomize(backbone, seed=config.seed)
-    if run.label:
-        backbone.label = run.label
-    elif run.path.startswith("installed:"):
-        from .weights import IMGFOCUS_LABEL
-
-        backbone.label = IMGFOCUS_LABEL
+    backbone.label = model_label(run)
     if run.control == "random_init":
         backbone.label = f"{backbone.label} [random init]"
     return backbone
+
+
+def model_label(run: ModelRun) -> str:
+    """The name reports show: the configured label, else where the weights came from (as configured)."""
+    if run.label:
+        return run.label
+    if run.path.startswith("installed:"):
+        from .weights import IMGFOCUS_LABEL
+
+        return IMGFOCUS_LABEL
+    if run.path == "tiny":
+        return f"{run.family} (tiny, random init: architecture check only)"
+    return "raw pixels (control)" if run.control == "pixels" else f"{run.family}:{run.path}"
 
 
 def randomize(backbone: Backbone, seed: int) -> None:
@@ -145,6 +154,14 @@ def iter_results(run: ModelRun, label: str, train_feats, test_feats, train_data,
                        "stage": stage, **record}
 
 
+def quiet_transformers() -> None:
+    """transformers' own per-checkpoint progress bars would bury ours."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
 def environment() -> dict:
     import transformers
 
@@ -155,6 +172,7 @@ def environment() -> dict:
 
 def run(config: RunConfig, out: Path, console: Console | None = None) -> Path:
     console = console or Console(stderr=True)
+    quiet_transformers()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -176,12 +194,12 @@ def run(config: RunConfig, out: Path, console: Console | None = None) -> Path:
             manifest["models"][model_run.name] = {**backbone.describe(), "control": model_run.control, "stages": stages}
             feats = {}
             for split, data in (("train", train_data), ("test", test_data)):
-                task = bar.add_task(f"{model_run.name}: extract {split}", total=len(data))
+                task = bar.add_task(escape(f"{model_run.name}: extract {split}"), total=len(data))
                 feats[split] = extract_split(
                     backbone, data, data_hash, stages, cache, config.shard_size, config.batch_size,
                     on_shard=lambda job, t=task: bar.update(t, completed=job.stop))
             del backbone
-            probe_task = bar.add_task(f"{model_run.name}: probes", total=len(stages))
+            probe_task = bar.add_task(escape(f"{model_run.name}: probes"), total=len(stages))
             for record in iter_results(model_run, manifest["models"][model_run.name]["label"],
                                        feats["train"], feats["test"], train_data, test_data, config):
                 results.append(record)

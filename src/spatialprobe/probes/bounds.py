@@ -3,9 +3,11 @@
 floor:   the metric with no features at all — the best constant prediction learned from the
          training labels (the mean training box; the mean training mask thresholded at the level
          that maximizes training IoU).
-ceiling: the best the stage's token resolution allows — the ground-truth coverage of each test
-         token thresholded at 0.5 and painted back through the footprints (its mask, and its box,
-         ranked by an oracle for mAP).
+ceiling: the best the stage's token resolution allows — for masks, the token-aligned mask with
+         the best IoU (ground-truth token coverage painted through the footprints, thresholded at
+         each image's best level); for boxes, that mask turned into a box, ranked by an
+         oracle for mAP. The dense probe's mask cannot beat it on a token grid; a box regressor
+         (linear, pooled) is not bound to token edges and can.
 """
 from __future__ import annotations
 
@@ -40,14 +42,30 @@ def floors(train, test) -> dict[str, float]:
 
 
 def ceiling_masks(test) -> torch.Tensor:
+    """Per image, the token-aligned mask with the best IoU: the painted ground-truth coverage
+    thresholded at the level that is best for that image (an optimal token subset is always all
+    tokens above some coverage, since IoU is a linear-fractional objective)."""
     height, width = test.masks.shape[1:]
-    covered = (token_coverage(test.masks, test.footprints) >= 0.5).float()
-    return paint(covered, test.footprints, height, width) >= 0.5
+    painted = paint(token_coverage(test.masks, test.footprints), test.footprints, height, width).flatten(1)
+    truth = test.masks.flatten(1)
+    order = painted.argsort(dim=1, descending=True)
+    sorted_cover = painted.gather(1, order)
+    inter = truth.gather(1, order).double().cumsum(1)
+    size = torch.arange(1, truth.shape[1] + 1, dtype=torch.float64)
+    iou = inter / (truth.sum(1, keepdim=True) + size - inter)
+    # a threshold can only stop at the end of a run of equal coverage, and never include uncovered pixels
+    run_end = torch.ones_like(sorted_cover, dtype=torch.bool)
+    run_end[:, :-1] = sorted_cover[:, :-1] > sorted_cover[:, 1:]
+    iou = torch.where(run_end & (sorted_cover > 0), iou, torch.full_like(iou, -1.0))
+    best = iou.argmax(1)
+    threshold = sorted_cover.gather(1, best[:, None])
+    keep = (iou.max(1).values > 0)[:, None]
+    return ((painted >= threshold) & keep).reshape(test.masks.shape)
 
 
 def ceilings(test) -> dict[str, float]:
     masks = ceiling_masks(test)
-    boxes = mask_boxes(masks)
+    boxes = mask_boxes(masks)  # the ground-truth token-coverage mask turned into a box
     # an oracle ranking (each box scored by its own IoU) makes the mAP ceiling a true upper bound
     oracle_scores = torch.from_numpy(paired_box_iou(boxes, test.boxes)).float()
     result = evaluate(boxes, oracle_scores, test, masks, with_ci=False)

@@ -1,0 +1,174 @@
+"""The whole pipeline: known answers on real data, run outputs, resume after a kill, one-line errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import spatialprobe as sp
+from spatialprobe import extract
+from spatialprobe.cli import app
+from spatialprobe.config import parse_config
+from spatialprobe.data import generate_synthetic_shapes, load_coco
+from spatialprobe.probes import run_spatial_probes, shuffle_tokens
+from spatialprobe.runner import probe_split, run
+
+EASY = {"n_train": 64, "n_val": 0, "n_test": 32, "image_size": 112, "preset": "easy"}
+
+
+def mini_config(cache: Path, **overrides) -> dict:
+    config = {
+        "name": "mini",
+        "dataset": {"kind": "synthetic_shapes", "shapes": EASY},
+        "models": [
+            {"name": "dino-tiny", "family": "dinov2", "path": "tiny", "options": {"resolution": 112}},
+            {"name": "qwen-tiny", "family": "qwen2_5_vl", "path": "tiny", "options": {"resolution": 112},
+             "random_init_control": False},
+        ],
+        "controls": {"pixels_resolution": 112},
+        "bootstrap": 100, "shard_size": 16, "cache_dir": str(cache),
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def easy(tmp_path_factory):
+    root = generate_synthetic_shapes(tmp_path_factory.mktemp("easy") / "d", **EASY)
+    return load_coco(root, "train"), load_coco(root, "test")
+
+
+def by_key(records):
+    return {(r["probe"], r["metric"]): r for r in records}
+
+
+def test_raw_pixels_reach_the_ceiling_on_the_easy_preset(easy):
+    train_data, test_data = easy
+    pixels = sp.load_backbone("pixels", "pixels", resolution=112)
+    feats = {name: pixels.extract([d.load_image(i) for i in range(len(d))])["vision.embed"]
+             for name, d in (("train", train_data), ("test", test_data))}
+    train, test = probe_split(train_data, feats["train"]), probe_split(test_data, feats["test"])
+    got = by_key(run_spatial_probes(train, test, probes=("dense",), n_boot=200))
+    for metric in ("spatial_iou", "bbox_iou"):
+        r = got[("dense", metric)]
+        assert r["value"] >= r["ceiling"] - 0.04 and r["value"] > r["floor"] + 0.3, r
+    shuffled = by_key(run_spatial_probes(shuffle_tokens(train, 0), shuffle_tokens(test, 1), probes=("dense",), n_boot=200))
+    for metric in ("spatial_iou", "bbox_iou"):
+        r = shuffled[("dense", metric)]
+        assert r["value"] <= r["floor"] + 0.03, r
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("run")
+    return run(parse_config(mini_config(base / "cache")), base / "out"), base
+
+
+def read_results(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+
+
+def test_run_writes_every_stage_probe_and_bound(finished_run):
+    run_dir, _ = finished_run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["dataset"]["hash"] and manifest["models"]["qwen-tiny"]["preprocessing"]["resolution"] == 112
+    results = read_results(run_dir)
+    for model, info in manifest["models"].items():
+        for stage in info["stages"]:
+            rows = [r for r in results if r["model"] == model and r["stage"] == stage]
+            assert {r["probe"] for r in rows} == {"linear", "pooled", "dense"}, (model, stage)
+    assert all(r["floor"] is not None and r["ceiling"] is not None and r["ci_low"] <= r["ci_high"] for r in results)
+    assert {r["control"] for r in results} == {"pixels", "none", "random_init", "shuffled"}
+    html = (run_dir / "report.html").read_text()
+    assert "llm.layer.1" in html and "<script" not in html and "http" not in html.split("<body>")[1].split("Configuration")[0]
+
+
+def test_report_rebuilds_from_stored_results(finished_run):
+    run_dir, _ = finished_run
+    before = (run_dir / "report.html").read_text()
+    (run_dir / "report.html").unlink()
+    assert CliRunner().invoke(app, ["report", str(run_dir)]).exit_code == 0
+    assert (run_dir / "report.html").read_text() == before
+
+
+def test_interrupted_run_resumes_with_identical_results(finished_run, tmp_path, monkeypatch):
+    run_dir, base = finished_run
+    config = parse_config(mini_config(tmp_path / "cache"))
+    real, calls = extract.run_shard, []
+
+    def dies_on_third_shard(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "run_shard", dies_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path / "out")
+    monkeypatch.setattr(extract, "run_shard", real)
+    extracted = []
+    monkeypatch.setattr(sp.backbones.base.Backbone, "extract",
+                        lambda self, images, *a, _real=sp.backbones.base.Backbone.extract, **k: extracted.append(len(images)) or _real(self, images, *a, **k))
+    run(config, tmp_path / "out")
+    assert read_results(tmp_path / "out") == read_results(run_dir)
+    # 4 backbones (pixels, dino, dino random init, qwen) x 96 images, less the two 16-image shards
+    # finished before the interruption, which came from the cache
+    assert sum(extracted) == 4 * (64 + 32) - 2 * 16
+
+
+def test_killed_process_resumes_with_identical_results(finished_run, tmp_path):
+    run_dir, _ = finished_run
+    cache = tmp_path / "cache"
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(mini_config(cache)))
+    command = [sys.executable, "-m", "spatialprobe.cli", "run", str(config_path), "--out", str(tmp_path / "out")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((cache / "features").rglob("*.safetensors"))) < 20:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "out" / "manifest.json").exists(), "the run finished before it could be killed"
+    finished = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert read_results(tmp_path / "out") == read_results(run_dir)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"models": [{"name": "x", "family": "llama9", "path": "y"}]}, "models[0].family: unknown model family 'llama9'"),
+    ({"probs": ["dense"]}, "probs: unknown key"),
+    ({"dataset": {"kind": "coco", "path": "/nonexistent/folder"}}, "dataset folder not found: /nonexistent/folder"),
+])
+def test_bad_input_ends_in_one_line_naming_it(tmp_path, change, message):
+    config_path = tmp_path / "bad.yaml"
+    config_path.write_text(yaml.safe_dump({**mini_config(tmp_path / "c"), **change}))
+    result = CliRunner().invoke(app, ["run", str(config_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert message in " ".join(result.output.split()), result.output
+
+
+def test_corrupt_image_is_named_by_the_run(tmp_path, easy):
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(easy[0].root, root)
+    (root / "images/test/test_00004.png").write_bytes(b"\x89PNG broken")
+    config = mini_config(tmp_path / "c", dataset={"kind": "coco", "path": str(root)})
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["run", str(config_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "test_00004.png" in result.output
+
+
+def test_missing_config_file(tmp_path):
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2 and "config file not found" in result.output
