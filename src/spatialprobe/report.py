@@ -72,8 +72,8 @@ def metric_figure(metric: str, results: list[dict], manifest: dict) -> str | Non
             ax.fill_between(xs, [p[1]["ci_low"] for p in points], [p[1]["ci_high"] for p in points],
                             color=PROBE_COLOURS[probe], alpha=0.2)
             if probe == "dense":
-                ax.plot(xs, [p[1]["ceiling"] for p in points], "k--", lw=1, label="ceiling")
-                ax.plot(xs, [p[1]["floor"] for p in points], "k:", lw=1, label="floor")
+                ax.plot(xs, [p[1]["ceiling"] for p in points], "k--", marker="_", ms=14, lw=1, label="ceiling")
+                ax.plot(xs, [p[1]["floor"] for p in points], "k:", marker="_", ms=14, lw=1, label="floor")
         ax.set_title(model, fontsize=9)
         ax.set_xticks(range(len(stages)))
         ax.set_xticklabels([s.replace("vision.", "v.").replace("llm.layer.", "L") for s in stages], rotation=90, fontsize=6)
