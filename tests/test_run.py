@@ -172,3 +172,19 @@ def test_corrupt_image_is_named_by_the_run(tmp_path, easy):
 def test_missing_config_file(tmp_path):
     result = CliRunner().invoke(app, ["run", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2 and "config file not found" in result.output
+
+
+def test_data_command_writes_a_coco_dataset(tmp_path):
+    result = CliRunner().invoke(app, ["data", "synthetic-shapes", "--out", str(tmp_path / "d"), "--n-train", "8",
+                                      "--n-val", "0", "--n-test", "8", "--image-size", "64", "--preset", "easy"])
+    assert result.exit_code == 0, result.output
+    assert len(load_coco(tmp_path / "d", "test")) == 8
+    bad = CliRunner().invoke(app, ["data", "synthetic-shapes", "--out", str(tmp_path / "e"), "--background", "lava"])
+    assert bad.exit_code == 2 and "unknown background 'lava'" in bad.output
+
+
+def test_models_command_lists_every_family():
+    from spatialprobe.backbones import FAMILIES
+
+    result = CliRunner().invoke(app, ["models"])
+    assert result.exit_code == 0 and all(family in result.output for family in FAMILIES)

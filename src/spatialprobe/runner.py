@@ -188,7 +188,8 @@ def run(config: RunConfig, out: Path, console: Console | None = None) -> Path:
     runs = model_runs(config)
     with progress_bar(console) as bar:
         overall = bar.add_task("models", total=len(runs))
-        for model_run in runs:
+        for number, model_run in enumerate(runs, 1):
+            bar.console.print(escape(f"[{number}/{len(runs)}] {model_run.name}"), highlight=False)
             backbone = open_backbone(model_run, config)
             stages = backbone.resolve_stages(model_run.stages)
             manifest["models"][model_run.name] = {**backbone.describe(), "control": model_run.control, "stages": stages}
