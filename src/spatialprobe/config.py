@@ -8,6 +8,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .backbones import FAMILIES
+from .decision import DecisionConfig
 from .errors import SpatialProbeError
 
 PROBES = ("linear", "pooled", "dense")
@@ -79,6 +80,8 @@ class RunConfig(Strict):
     batch_size: int = Field(8, ge=1)
     shard_size: int = Field(64, ge=1)
     cache_dir: Path | None = None
+    #: criteria, weights, thresholds and judged stage of the verdict (defaults: the proposal's 3.3 and 8)
+    decision: DecisionConfig = DecisionConfig()
 
 
 def _field_path(loc: tuple) -> str:

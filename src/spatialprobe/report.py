@@ -20,7 +20,7 @@ PROBE_COLOURS = {"linear": "tab:blue", "pooled": "tab:orange", "dense": "tab:gre
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
-th{background:#f3f3f3}td.l,th.l{text-align:left}.note{color:#555;font-size:14px}img{max-width:100%}
+th{background:#f3f3f3}.verdict{border:2px solid #333;padding:0 1em;margin:1em 0}.uncertain{color:#a60}td.l,th.l{text-align:left}.note{color:#555;font-size:14px}img{max-width:100%}
 """
 
 
@@ -113,6 +113,54 @@ def best_stages(results: list[dict]) -> str:
             f"<th>value [95% CI]</th><th>floor</th><th>ceiling</th></tr>{rows}</table>")
 
 
+TIER_COLOURS = {"target": "#b7e4b7", "acceptable": "#e3f2c1", "marginal": "#fbe3a6", "fail": "#f5b7b1"}
+STATUS_MARK = {"pass": "pass", "fail": "FAIL", "uncertain": "uncertain", "missing": "missing"}
+
+
+def judged_models(manifest: dict) -> dict[str, list[str]]:
+    """The models a decision is about: configured models, not controls."""
+    return {name: info.get("stages", []) for name, info in manifest.get("models", {}).items()
+            if info.get("control", "none") == "none"}
+
+
+def verdict_section(manifest: dict, results: list[dict]) -> str:
+    from .decision import DecisionConfig, decide
+
+    config = DecisionConfig.model_validate(manifest.get("config", {}).get("decision", {}))
+    verdict = decide([r for r in results if r.get("control", "none") == "none"], judged_models(manifest), config)
+    e = html.escape
+    named = f" — {e(', '.join(verdict.models))}" if verdict.models else ""
+    certainty = "" if verdict.certain else ' <span class="uncertain">(uncertain)</span>'
+    reasons = "".join(f"<li>{e(r)}</li>" for r in verdict.reasons)
+    rests = e(", ".join(verdict.rests_on) or "nothing measured")
+    return (f'<div class="verdict"><h2>Verdict: {e(verdict.action)}{named}{certainty}</h2>'
+            f'<p>Decision-matrix row: <b>{e(verdict.outcome)}</b>. It rests on: {rests}.</p>'
+            f"<ul>{reasons}</ul></div>{criteria_table(verdict)}")
+
+
+def criteria_table(verdict) -> str:
+    e = html.escape
+    rows = []
+    for v in verdict.per_model:
+        for j in v.judgements:
+            c = j.criterion
+            value = "—" if j.value is None else f"{j.value:.3f}"
+            interval = f"[{j.ci[0]:.3f}, {j.ci[1]:.3f}]" if j.ci and j.ci[0] is not None else ""
+            best = v.best_stage.get(c.metric)
+            colour = TIER_COLOURS.get(j.tier or "", "#eee" if j.status == "missing" else "#fff")
+            rows.append(
+                f'<tr style="background:{colour}"><td class="l">{e(v.model)}</td><td class="l">{e(v.stage)}</td>'
+                f'<td class="l">{e(c.metric)}</td><td>{c.weight:.0%}</td><td>{"&gt;" if c.direction == "above" else "&lt;"} '
+                f'{c.threshold:g}</td><td>{value} {interval}</td><td class="l">{STATUS_MARK[j.status]}</td>'
+                f'<td class="l">{e(j.tier or "")}</td>'
+                f'<td class="l">{e(f"{best[0]}: {best[1]:.3f}") if best else ""}</td></tr>')
+        rows.append(f'<tr><td class="l" colspan="9">{e(v.model)}: weighted score {v.weighted_score():.2f} of the measured '
+                    f"criteria; Phase 2 gate (spatial IoU &gt; 0.50): {STATUS_MARK[v.phase_gate]}</td></tr>")
+    head = "".join(f'<th class="l">{h}</th>' for h in
+                   ("model", "judged at", "criterion", "weight", "threshold", "value [95% CI]", "status", "tier", "best stage"))
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
 def render(manifest: dict, results: list[dict]) -> str:
     models = "".join(
         f'<li><b>{html.escape(name)}</b>: {html.escape(info.get("label", ""))} — control: {html.escape(info.get("control", ""))},'
@@ -125,6 +173,7 @@ def render(manifest: dict, results: list[dict]) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>spatialprobe report</title>
 <style>{STYLE}</style></head><body>
 <h1>spatialprobe report: {html.escape(str(manifest.get("config", {}).get("name", "")))}</h1>
+{verdict_section(manifest, results)}
 <p class="note">Every number is read between its <b>floor</b> (the metric with no features: the best constant
 prediction from the training labels) and its <b>ceiling</b> (the best the stage's token resolution allows: the
 ground-truth token coverage painted through the token footprints). A value at the floor means the probe learned

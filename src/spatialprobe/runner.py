@@ -134,8 +134,10 @@ def randomize(backbone: Backbone, seed: int) -> None:
     if model is None:
         raise SpatialProbeError(f"{backbone.family} has no weights to randomize")
     torch.manual_seed(seed)
-    fresh = type(model)(model.config).to(device=backbone.device, dtype=backbone.dtype).eval()
-    backbone.model = fresh
+    # built directly on the target device and dtype: a float32 CPU copy of a 7B model would not fit
+    with torch.device(backbone.device):
+        fresh = type(model)._from_config(model.config, dtype=backbone.dtype)
+    backbone.model = fresh.eval()
 
 
 def iter_results(run: ModelRun, label: str, train_feats, test_feats, train_data, test_data,
