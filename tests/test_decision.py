@@ -86,3 +86,12 @@ def test_judge_and_tiers_by_hand():
     below = Criterion(metric="lpips", weight=1, threshold=0.35, direction="below", target=0.30, acceptable=0.35, fail=0.40)
     assert [tier(v, below) for v in (0.2, 0.33, 0.38, 0.5)] == ["target", "acceptable", "marginal", "fail"]
     assert judge(0.3, 0.25, 0.34, below) == "pass" and judge(0.5, 0.41, 0.6, below) == "fail"
+
+
+def test_unavailable_metric_counts_as_missing():
+    results = measured("a", 0.75)
+    lpips = next(r for r in results if r["metric"] == "lpips")
+    lpips.update(value=None, ci_low=None, ci_high=None, unavailable="no AlexNet weights")
+    verdict = decide(results, {"a": STAGES})
+    assert verdict.per_model[0].status("lpips") == "missing" and "lpips" in verdict.missing
+    assert verdict.outcome == "One model exceeds all thresholds"

@@ -81,9 +81,15 @@ def test_run_writes_every_stage_probe_and_bound(finished_run):
     results = read_results(run_dir)
     for model, info in manifest["models"].items():
         for stage in info["stages"]:
-            rows = [r for r in results if r["model"] == model and r["stage"] == stage]
+            rows = [r for r in results if r["model"] == model and r["stage"] == stage and r["task"] == "spatial_probe"]
             assert {r["probe"] for r in rows} == {"linear", "pooled", "dense"}, (model, stage)
-    assert all(r["floor"] is not None and r["ceiling"] is not None and r["ci_low"] <= r["ci_high"] for r in results)
+    spatial = [r for r in results if r["task"] == "spatial_probe"]
+    assert all(r["floor"] is not None and r["ceiling"] is not None and r["ci_low"] <= r["ci_high"] for r in spatial)
+    # the reconstruction probe ran once per model, at its judged stage, with PSNR/SSIM and an honest LPIPS
+    recon = [r for r in results if r["task"] == "reconstruction_probe" and r["model"] == "qwen-tiny"]
+    assert {r["metric"] for r in recon} == {"psnr", "ssim", "lpips"} and {r["stage"] for r in recon} == {"llm.layer.1"}
+    lpips = next(r for r in recon if r["metric"] == "lpips")
+    assert (lpips["value"] is None) == bool(lpips.get("unavailable"))
     assert {r["control"] for r in results} == {"pixels", "none", "random_init", "shuffled"}
     html = (run_dir / "report.html").read_text()
     assert "llm.layer.1" in html and "<script" not in html and "http" not in html.split("<body>")[1].split("Configuration")[0]
@@ -188,3 +194,13 @@ def test_models_command_lists_every_family():
 
     result = CliRunner().invoke(app, ["models"])
     assert result.exit_code == 0 and all(family in result.output for family in FAMILIES)
+
+
+def test_random_init_control_has_other_weights(tmp_path):
+    from spatialprobe.runner import ModelRun, open_backbone
+
+    config = parse_config(mini_config(tmp_path / "c"))
+    real = open_backbone(ModelRun("d", "dinov2", "tiny", None, None, {"resolution": 112}, "none"), config)
+    control = open_backbone(ModelRun("d [random init]", "dinov2", "tiny", None, None, {"resolution": 112}, "random_init"), config)
+    assert real.weights_fingerprint() != control.weights_fingerprint()
+    assert control.label.endswith("[random init]")

@@ -73,6 +73,8 @@ class RunConfig(Strict):
     models: list[ModelConfig]
     controls: ControlsConfig = ControlsConfig()
     probes: list[Literal["linear", "pooled", "dense"]] = list(PROBES)
+    #: spatial_probe always runs; reconstruction_probe trains an image decoder on each model's judged stage
+    tasks: list[Literal["spatial_probe", "reconstruction_probe"]] = ["spatial_probe", "reconstruction_probe"]
     bootstrap: int = Field(1000, ge=50)
     seed: int = 0
     device: str = "cpu"

@@ -56,6 +56,7 @@ class Judgement:
     value: float | None = None
     ci: tuple[float, float] | None = None
     tier: str | None = None  # target / acceptable / marginal / fail
+    unavailable: str | None = None  # why a metric that was attempted has no value
 
 
 @dataclass
@@ -136,8 +137,8 @@ def model_verdict(model: str, stages: list[str], results: list[dict], config: De
     judgements = []
     for c in config.criteria:
         r = find(results, model, stage, c)
-        if r is None:
-            judgements.append(Judgement(c, "missing"))
+        if r is None or r.get("value") is None:  # not measured, or recorded as unavailable
+            judgements.append(Judgement(c, "missing", unavailable=(r or {}).get("unavailable")))
             continue
         low, high = r.get("ci_low"), r.get("ci_high")
         judgements.append(Judgement(c, judge(r["value"], low, high, c), r["value"],
@@ -145,7 +146,7 @@ def model_verdict(model: str, stages: list[str], results: list[dict], config: De
     best = {}
     for c in config.criteria:
         rows = [r for r in results if r["model"] == model and r["metric"] == c.metric
-                and (c.probe is None or r.get("probe") == c.probe) and r.get("stage")]
+                and (c.probe is None or r.get("probe") == c.probe) and r.get("stage") and r.get("value") is not None]
         if rows:
             pick = max if c.direction == "above" else min
             top = pick(rows, key=lambda r: r["value"])

@@ -84,15 +84,18 @@ def metric_figure(metric: str, results: list[dict], manifest: dict) -> str | Non
 
 
 def results_table(results: list[dict]) -> str:
-    columns = ["model", "stage", "probe", "metric", "value", "ci_low", "ci_high", "floor", "ceiling", "n"]
-    head = "".join(f'<th class="{"l" if c in columns[:4] else ""}">{c}</th>' for c in columns)
+    columns = ["model", "stage", "task", "probe", "metric", "value", "ci_low", "ci_high", "floor", "ceiling", "n"]
+    head = "".join(f'<th class="{"l" if c in columns[:5] else ""}">{c}</th>' for c in columns)
     rows = []
     for r in results:
         cells = []
         for c in columns:
             value = r.get(c)
-            text = f"{value:.3f}" if isinstance(value, float) else str(value)
-            cells.append(f'<td class="{"l" if c in columns[:4] else ""}">{html.escape(text)}</td>')
+            if value is None and c == "value" and r.get("unavailable"):
+                text = f"unavailable: {r['unavailable']}"
+            else:
+                text = f"{value:.3f}" if isinstance(value, float) else ("—" if value is None else str(value))
+            cells.append(f'<td class="{"l" if c in columns[:5] else ""}">{html.escape(text)}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
@@ -131,7 +134,8 @@ def verdict_section(manifest: dict, results: list[dict]) -> str:
     e = html.escape
     named = f" — {e(', '.join(verdict.models))}" if verdict.models else ""
     certainty = "" if verdict.certain else ' <span class="uncertain">(uncertain)</span>'
-    reasons = "".join(f"<li>{e(r)}</li>" for r in verdict.reasons)
+    unavailable = sorted({f"{r['metric']} unavailable: {r['unavailable']}" for r in results if r.get("unavailable")})
+    reasons = "".join(f"<li>{e(r)}</li>" for r in verdict.reasons + unavailable)
     rests = e(", ".join(verdict.rests_on) or "nothing measured")
     return (f'<div class="verdict"><h2>Verdict: {e(verdict.action)}{named}{certainty}</h2>'
             f'<p>Decision-matrix row: <b>{e(verdict.outcome)}</b>. It rests on: {rests}.</p>'
@@ -151,7 +155,7 @@ def criteria_table(verdict) -> str:
             rows.append(
                 f'<tr style="background:{colour}"><td class="l">{e(v.model)}</td><td class="l">{e(v.stage)}</td>'
                 f'<td class="l">{e(c.metric)}</td><td>{c.weight:.0%}</td><td>{"&gt;" if c.direction == "above" else "&lt;"} '
-                f'{c.threshold:g}</td><td>{value} {interval}</td><td class="l">{STATUS_MARK[j.status]}</td>'
+                f'{c.threshold:g}</td><td>{value} {interval}</td><td class="l">{"unavailable" if j.unavailable else STATUS_MARK[j.status]}</td>'
                 f'<td class="l">{e(j.tier or "")}</td>'
                 f'<td class="l">{e(f"{best[0]}: {best[1]:.3f}") if best else ""}</td></tr>')
         rows.append(f'<tr><td class="l" colspan="9">{e(v.model)}: weighted score {v.weighted_score():.2f} of the measured '
@@ -183,6 +187,9 @@ nothing. Controls: <i>pixels</i> (raw patch pixels), <i>[random init]</i> (same 
 <h2>Best stage per model and probe</h2>{best_stages(results)}
 <h2>Layer-by-layer trace</h2><p class="note">x: stages from input to output; shaded: bootstrap 95% interval;
 dashed/dotted: ceiling/floor of the dense probe.</p>{figures}
+<h2>Reconstruction probe</h2><p class="note">A small convolutional decoder trained on each model's judged
+stage to reproduce the image (64x64 px). floor: the mean training image; ceiling: a perfect reconstruction.</p>
+{results_table([r for r in results if r.get("task") == "reconstruction_probe"])}
 <h2>All numbers</h2>{results_table(results)}
 <h2>Dataset and environment</h2><pre>{html.escape(json.dumps({"dataset": dataset, "environment": manifest.get("environment", {}),
                                                             "device": manifest.get("device"), "dtype": manifest.get("dtype")}, indent=2))}</pre>

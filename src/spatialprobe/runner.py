@@ -24,8 +24,11 @@ from .config import ModelConfig, RunConfig
 from .data import dataset_hash, generate_synthetic_shapes, load_coco
 from .errors import SpatialProbeError
 from .extract import extract_split
+from .decision import judged_stage
 from .probes import ProbeSplit, run_spatial_probes, shuffle_tokens
+from .probes.reconstruction import OUTPUT_SIZE, reconstruction_records
 
+RANDOM_INIT_SEED_OFFSET = 7919
 MASK_SIZE = 112  # target masks are compared at this resolution (enough for 224-px images, cheap)
 
 
@@ -108,7 +111,8 @@ def resolve_path(run: ModelRun, config: RunConfig) -> str:
 def open_backbone(run: ModelRun, config: RunConfig) -> Backbone:
     backbone = load_backbone(run.family, resolve_path(run, config), device=config.device, dtype=config.dtype, **run.options)
     if run.control == "random_init":
-        randomize(backbone, seed=config.seed)
+        # offset so the control never coincides with a checkpoint made by `save_tiny(seed=config.seed)`
+        randomize(backbone, seed=config.seed + RANDOM_INIT_SEED_OFFSET)
     backbone.label = model_label(run)
     if run.control == "random_init":
         backbone.label = f"{backbone.label} [random init]"
@@ -140,9 +144,34 @@ def randomize(backbone: Backbone, seed: int) -> None:
     backbone.model = fresh.eval()
 
 
+def image_batch(data, size: int = OUTPUT_SIZE) -> torch.Tensor:
+    """All images of a split, whole and resized, as [n, 3, size, size] in [0, 1]."""
+    from PIL import Image
+
+    arrays = [np.asarray(data.load_image(i).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
+              for i in range(len(data))]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def reconstruction_results(run: ModelRun, base: dict, stage: str, train_feats, test_feats, train_data, test_data,
+                           config: RunConfig) -> Iterator[dict]:
+    if train_feats.grid_shape is None:
+        return
+    variants = [("none" if run.control == "none" else run.control, train_feats.grid(), test_feats.grid())]
+    for control, train_grid, test_grid in variants:
+        records = reconstruction_records(train_grid.float(), image_batch(train_data), test_grid.float(),
+                                         image_batch(test_data), config.bootstrap, config.seed)
+        for record in records:
+            yield {**base, "task": "reconstruction_probe", "control": control, "stage": stage, **record}
+
+
 def iter_results(run: ModelRun, label: str, train_feats, test_feats, train_data, test_data,
                  config: RunConfig) -> Iterator[dict]:
     base = {"model": run.name, "label": label, "family": run.family, "task": "spatial_probe", "seed": config.seed}
+    judged = judged_stage(run.name.removesuffix(" [random init]"), list(train_feats), config.decision)
+    if "reconstruction_probe" in config.tasks:
+        yield from reconstruction_results(run, base, judged, train_feats[judged], test_feats[judged],
+                                          train_data, test_data, config)
     for stage in train_feats:
         train = probe_split(train_data, train_feats[stage])
         test = probe_split(test_data, test_feats[stage])
@@ -206,7 +235,8 @@ def run(config: RunConfig, out: Path, console: Console | None = None) -> Path:
             for record in iter_results(model_run, manifest["models"][model_run.name]["label"],
                                        feats["train"], feats["test"], train_data, test_data, config):
                 results.append(record)
-                bar.update(probe_task, completed=stages.index(record["stage"]) + 1)
+                if record["task"] == "spatial_probe":
+                    bar.update(probe_task, completed=stages.index(record["stage"]) + 1)
             write_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
             del feats
             gc.collect()
