@@ -70,8 +70,10 @@ def finished_run(tmp_path_factory):
     return run(parse_config(mini_config(base / "cache")), base / "out"), base
 
 
-def read_results(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+def read_results(run_dir: Path, timings: bool = False) -> list[dict]:
+    """Results of a run; timings (the speed task) only when asked, since they differ from run to run."""
+    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    return [r for r in rows if timings or r["task"] != "speed"]
 
 
 def test_run_writes_every_stage_probe_and_bound(finished_run):
@@ -90,6 +92,12 @@ def test_run_writes_every_stage_probe_and_bound(finished_run):
     assert {r["metric"] for r in recon} == {"psnr", "ssim", "lpips"} and {r["stage"] for r in recon} == {"llm.layer.1"}
     lpips = next(r for r in recon if r["metric"] == "lpips")
     assert (lpips["value"] is None) == bool(lpips.get("unavailable"))
+    # speed: every configured model timed, the ratio taken against the Qwen2.5-VL baseline
+    speed = {(r["model"], r["metric"]): r for r in read_results(run_dir, timings=True) if r["task"] == "speed"}
+    assert speed[("qwen-tiny", "speed_ratio")]["value"] == pytest.approx(1.0)
+    assert speed[("dino-tiny", "images_per_second")]["value"] > 0 and ("pixels", "speed_ratio") not in speed
+    ratio = speed[("dino-tiny", "speed_ratio")]
+    assert ratio["ci_low"] <= ratio["value"] <= ratio["ci_high"] and ratio["baseline"] == "qwen-tiny"
     assert {r["control"] for r in results} == {"pixels", "none", "random_init", "shuffled"}
     html = (run_dir / "report.html").read_text()
     assert "llm.layer.1" in html and "<script" not in html and "http" not in html.split("<body>")[1].split("Configuration")[0]
@@ -105,7 +113,8 @@ def test_report_rebuilds_from_stored_results(finished_run):
 
 def test_interrupted_run_resumes_with_identical_results(finished_run, tmp_path, monkeypatch):
     run_dir, base = finished_run
-    config = parse_config(mini_config(tmp_path / "cache"))
+    # no speed task here: its timing pass would add extractions to the count below
+    config = parse_config(mini_config(tmp_path / "cache", tasks=["spatial_probe", "reconstruction_probe"]))
     real, calls = extract.run_shard, []
 
     def dies_on_third_shard(*args, **kwargs):

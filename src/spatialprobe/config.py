@@ -73,8 +73,12 @@ class RunConfig(Strict):
     models: list[ModelConfig]
     controls: ControlsConfig = ControlsConfig()
     probes: list[Literal["linear", "pooled", "dense"]] = list(PROBES)
-    #: spatial_probe always runs; reconstruction_probe trains an image decoder on each model's judged stage
-    tasks: list[Literal["spatial_probe", "reconstruction_probe"]] = ["spatial_probe", "reconstruction_probe"]
+    #: spatial_probe always runs; reconstruction_probe trains an image decoder on each model's judged
+    #: stage; speed times every configured model on the same images (controls are not timed)
+    tasks: list[Literal["spatial_probe", "reconstruction_probe", "speed"]] = [
+        "spatial_probe", "reconstruction_probe", "speed"]
+    #: images timed per model by the speed task (taken from the test split)
+    speed_images: int = Field(32, ge=1)
     bootstrap: int = Field(1000, ge=50)
     seed: int = 0
     device: str = "cpu"

@@ -190,6 +190,10 @@ dashed/dotted: ceiling/floor of the dense probe.</p>{figures}
 <h2>Reconstruction probe</h2><p class="note">A small convolutional decoder trained on each model's judged
 stage to reproduce the image (64x64 px). floor: the mean training image; ceiling: a perfect reconstruction.</p>
 {results_table([r for r in results if r.get("task") == "reconstruction_probe"])}
+<h2>Speed and memory</h2><p class="note">Each configured model read to its deepest stage on the same test images,
+batch size and hardware (best of 3 repeats; interval: worst to best). speed_ratio = time per image relative to the
+baseline model.</p>
+{results_table([r for r in results if r.get("task") == "speed"])}
 <h2>All numbers</h2>{results_table(results)}
 <h2>Dataset and environment</h2><pre>{html.escape(json.dumps({"dataset": dataset, "environment": manifest.get("environment", {}),
                                                             "device": manifest.get("device"), "dtype": manifest.get("dtype")}, indent=2))}</pre>

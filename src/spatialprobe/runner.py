@@ -27,6 +27,7 @@ from .extract import extract_split
 from .decision import judged_stage
 from .probes import ProbeSplit, run_spatial_probes, shuffle_tokens
 from .probes.reconstruction import OUTPUT_SIZE, reconstruction_records
+from .speed import measure_speed, speed_records
 
 RANDOM_INIT_SEED_OFFSET = 7919
 MASK_SIZE = 112  # target masks are compared at this resolution (enough for 224-px images, cheap)
@@ -193,6 +194,13 @@ def quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
+def speed_baseline(config: RunConfig) -> str | None:
+    """The model speed ratios are taken against: configured, else the first Qwen2.5-VL (the proposal's)."""
+    if config.decision.baseline:
+        return config.decision.baseline
+    return next((m.name for m in config.models if m.family == "qwen2_5_vl"), None)
+
+
 def environment() -> dict:
     import transformers
 
@@ -216,6 +224,7 @@ def run(config: RunConfig, out: Path, console: Console | None = None) -> Path:
                 "dtype": config.dtype, "dataset": {"root": str(root), "hash": data_hash, "train": len(train_data),
                                                    "test": len(test_data)}, "models": {}}
     results: list[dict] = []
+    speeds: dict[str, dict] = {}
     runs = model_runs(config)
     with progress_bar(console) as bar:
         overall = bar.add_task("models", total=len(runs))
@@ -230,6 +239,9 @@ def run(config: RunConfig, out: Path, console: Console | None = None) -> Path:
                 feats[split] = extract_split(
                     backbone, data, data_hash, stages, cache, config.shard_size, config.batch_size,
                     on_shard=lambda job, t=task: bar.update(t, completed=job.stop))
+            if "speed" in config.tasks and model_run.control == "none":
+                timed = [test_data.load_image(i) for i in range(min(config.speed_images, len(test_data)))]
+                speeds[model_run.name] = measure_speed(backbone, timed, config.batch_size)
             del backbone
             probe_task = bar.add_task(escape(f"{model_run.name}: probes"), total=len(stages))
             for record in iter_results(model_run, manifest["models"][model_run.name]["label"],
@@ -241,6 +253,11 @@ def run(config: RunConfig, out: Path, console: Console | None = None) -> Path:
             del feats
             gc.collect()
             bar.update(overall, advance=1)
+    if speeds:
+        baseline = speed_baseline(config)
+        results.extend({**r, "label": manifest["models"][r["model"]]["label"], "control": "none", "seed": config.seed}
+                       for r in speed_records(speeds, baseline))
+        write_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
     manifest["cache_entries_rebuilt"] = len(cache.rebuilt)
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
     from .report import write_report
