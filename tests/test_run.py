@@ -98,6 +98,8 @@ def test_run_writes_every_stage_probe_and_bound(finished_run):
     assert speed[("dino-tiny", "images_per_second")]["value"] > 0 and ("pixels", "speed_ratio") not in speed
     ratio = speed[("dino-tiny", "speed_ratio")]
     assert ratio["ci_low"] <= ratio["value"] <= ratio["ci_high"] and ratio["baseline"] == "qwen-tiny"
+    # the semantic check ran for the VLM only (an encoder cannot answer)
+    assert {r["model"] for r in results if r["task"] == "vqa"} == {"qwen-tiny"}
     assert {r["control"] for r in results} == {"pixels", "none", "random_init", "shuffled"}
     html = (run_dir / "report.html").read_text()
     assert "llm.layer.1" in html and "<script" not in html and "http" not in html.split("<body>")[1].split("Configuration")[0]

@@ -74,9 +74,12 @@ class RunConfig(Strict):
     controls: ControlsConfig = ControlsConfig()
     probes: list[Literal["linear", "pooled", "dense"]] = list(PROBES)
     #: spatial_probe always runs; reconstruction_probe trains an image decoder on each model's judged
-    #: stage; speed times every configured model on the same images (controls are not timed)
-    tasks: list[Literal["spatial_probe", "reconstruction_probe", "speed"]] = [
-        "spatial_probe", "reconstruction_probe", "speed"]
+    #: stage; speed times every configured model on the same images (controls are not timed); vqa asks
+    #: generated questions of every configured model that can answer (VLMs)
+    tasks: list[Literal["spatial_probe", "reconstruction_probe", "speed", "vqa"]] = [
+        "spatial_probe", "reconstruction_probe", "speed", "vqa"]
+    #: questions asked per model by the vqa task (models with a language head only)
+    vqa_questions: int = Field(64, ge=1)
     #: images timed per model by the speed task (taken from the test split)
     speed_images: int = Field(32, ge=1)
     bootstrap: int = Field(1000, ge=50)

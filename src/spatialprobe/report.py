@@ -194,6 +194,10 @@ stage to reproduce the image (64x64 px). floor: the mean training image; ceiling
 batch size and hardware (best of 3 repeats; interval: worst to best). speed_ratio = time per image relative to the
 baseline model.</p>
 {results_table([r for r in results if r.get("task") == "speed"])}
+<h2>Semantic check</h2><p class="note">Generated questions about colour, shape, count and relative position,
+answered with each VLM's own generate; exact match of the first word (proposal 7.3: &gt; 0.6 and at least 95% of the
+baseline). floor: the best constant answer per question type.</p>
+{results_table([r for r in results if r.get("task") == "vqa"])}
 <h2>All numbers</h2>{results_table(results)}
 <h2>Dataset and environment</h2><pre>{html.escape(json.dumps({"dataset": dataset, "environment": manifest.get("environment", {}),
                                                             "device": manifest.get("device"), "dtype": manifest.get("dtype")}, indent=2))}</pre>

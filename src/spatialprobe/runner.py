@@ -28,6 +28,7 @@ from .decision import judged_stage
 from .probes import ProbeSplit, run_spatial_probes, shuffle_tokens
 from .probes.reconstruction import OUTPUT_SIZE, reconstruction_records
 from .speed import measure_speed, speed_records
+from .vqa import vqa_records
 
 RANDOM_INIT_SEED_OFFSET = 7919
 MASK_SIZE = 112  # target masks are compared at this resolution (enough for 224-px images, cheap)
@@ -242,6 +243,12 @@ def run(config: RunConfig, out: Path, console: Console | None = None) -> Path:
             if "speed" in config.tasks and model_run.control == "none":
                 timed = [test_data.load_image(i) for i in range(min(config.speed_images, len(test_data)))]
                 speeds[model_run.name] = measure_speed(backbone, timed, config.batch_size)
+            if "vqa" in config.tasks and model_run.control == "none" and hasattr(backbone, "answer"):
+                label = manifest["models"][model_run.name]["label"]
+                results.extend({**r, "model": model_run.name, "label": label, "family": model_run.family,
+                                "control": "none", "seed": config.seed}
+                               for r in vqa_records(backbone, train_data, test_data, config.bootstrap, config.seed,
+                                                    config.vqa_questions))
             del backbone
             probe_task = bar.add_task(escape(f"{model_run.name}: probes"), total=len(stages))
             for record in iter_results(model_run, manifest["models"][model_run.name]["label"],

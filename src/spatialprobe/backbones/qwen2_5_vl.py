@@ -22,6 +22,7 @@ from .base import HookedBackbone
 from .vit import load_pretrained, resize_whole
 
 PROMPT = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>\n<|im_start|>assistant\n"
+QUESTION = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n<|im_start|>assistant\n"
 
 
 @dataclass
@@ -120,6 +121,20 @@ class Qwen25VLBackbone(HookedBackbone):
                 tokens = ordered.reshape(-1, side * side, ordered.shape[-1])[:, self.raster.to(raw.device)]
         footprints = grid_footprints(side, side).expand(tokens.shape[0], -1, -1).contiguous()
         return TokenFeatures(tokens.float(), footprints, (side, side))
+
+    @torch.inference_mode()
+    def answer(self, images: list[Image.Image], questions: list[str], max_new_tokens: int = 8) -> list[str]:
+        """The model's own greedy answers (one image and question at a time: no padding to get wrong)."""
+        replies = []
+        for image, question in zip(images, questions):
+            inputs = self.processor(text=[QUESTION.format(question)], images=resize_whole([image], self.resolution),
+                                    return_tensors="pt", images_kwargs={"do_resize": False})
+            inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                      for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            new_tokens = output[:, inputs["input_ids"].shape[1]:]
+            replies.append(self.processor.batch_decode(new_tokens, skip_special_tokens=True)[0])
+        return replies
 
     @classmethod
     def save_tiny(cls, path: Path, seed: int = 0) -> None:

@@ -120,11 +120,11 @@ def mask_box(mask: np.ndarray) -> list[float]:
     return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
 
 
-def coco_annotation(ann_id: int, image_id: int, category_id: int, mask: np.ndarray) -> dict:
+def coco_annotation(ann_id: int, image_id: int, category_id: int, mask: np.ndarray, colour: str) -> dict:
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     return {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": mask_box(mask),
-            "area": float(mask.sum()), "iscrowd": 0, "segmentation": rle}
+            "area": float(mask.sum()), "iscrowd": 0, "segmentation": rle, "attributes": {"colour": colour}}
 
 
 def write_split(root: Path, split: str, count: int, params: dict, categories: dict[str, int], progress: bool) -> None:
@@ -143,7 +143,8 @@ def write_split(root: Path, split: str, count: int, params: dict, categories: di
         Image.fromarray(pixels).save(folder / name)
         images.append({"id": index + 1, "file_name": name, "width": params["image_size"], "height": params["image_size"]})
         for obj in objects:
-            annotations.append(coco_annotation(len(annotations) + 1, index + 1, categories[obj["shape"]], obj["mask"]))
+            annotations.append(coco_annotation(len(annotations) + 1, index + 1, categories[obj["shape"]], obj["mask"],
+                                               obj["colour"]))
     cats = [{"id": i, "name": name, "supercategory": "shape"} for name, i in categories.items()]
     (root / "annotations").mkdir(exist_ok=True)
     (root / "annotations" / f"instances_{split}.json").write_text(
