@@ -116,7 +116,7 @@ def test_report_rebuilds_from_stored_results(finished_run):
 def test_interrupted_run_resumes_with_identical_results(finished_run, tmp_path, monkeypatch):
     run_dir, base = finished_run
     # no speed task here: its timing pass would add extractions to the count below
-    config = parse_config(mini_config(tmp_path / "cache", tasks=["spatial_probe", "reconstruction_probe"]))
+    config = parse_config(mini_config(tmp_path / "cache", tasks=["spatial_probe", "reconstruction_probe", "vqa"]))
     real, calls = extract.run_shard, []
 
     def dies_on_third_shard(*args, **kwargs):
