@@ -78,3 +78,10 @@ def test_console_messages_are_caught(tmp_path):
     page.write_text('<!doctype html><script>console.error("broken page")</script>')
     _, console = browse(page, tmp_path, "--dump-dom")
     assert console and "broken page" in console[0]
+
+
+def test_markdown_summary_beside_the_report(run_dir):
+    summary = (run_dir / "summary.md").read_text()
+    assert summary.splitlines()[2] == "**Verdict: Switch to that model — enc**"
+    assert "| enc | vision.block.1 | spatial_iou | > 0.6 | 0.700 [0.680, 0.720] | pass | target | vision.block.1: 0.700 |" in summary
+    assert "| enc | vision.block.1 | lpips | < 0.35 | — | unavailable |" in summary

@@ -126,16 +126,23 @@ def judged_models(manifest: dict) -> dict[str, list[str]]:
             if info.get("control", "none") == "none"}
 
 
-def verdict_section(manifest: dict, results: list[dict]) -> str:
+def run_verdict(manifest: dict, results: list[dict]):
     from .decision import DecisionConfig, decide
 
     config = DecisionConfig.model_validate(manifest.get("config", {}).get("decision", {}))
-    verdict = decide([r for r in results if r.get("control", "none") == "none"], judged_models(manifest), config)
+    return decide([r for r in results if r.get("control", "none") == "none"], judged_models(manifest), config)
+
+
+def unavailable_notes(results: list[dict]) -> list[str]:
+    return sorted({f"{r['metric']} unavailable: {r['unavailable']}" for r in results if r.get("unavailable")})
+
+
+def verdict_section(manifest: dict, results: list[dict]) -> str:
+    verdict = run_verdict(manifest, results)
     e = html.escape
     named = f" — {e(', '.join(verdict.models))}" if verdict.models else ""
     certainty = "" if verdict.certain else ' <span class="uncertain">(uncertain)</span>'
-    unavailable = sorted({f"{r['metric']} unavailable: {r['unavailable']}" for r in results if r.get("unavailable")})
-    reasons = "".join(f"<li>{e(r)}</li>" for r in verdict.reasons + unavailable)
+    reasons = "".join(f"<li>{e(r)}</li>" for r in verdict.reasons + unavailable_notes(results))
     rests = e(", ".join(verdict.rests_on) or "nothing measured")
     return (f'<div class="verdict"><h2>Verdict: {e(verdict.action)}{named}{certainty}</h2>'
             f'<p>Decision-matrix row: <b>{e(verdict.outcome)}</b>. It rests on: {rests}.</p>'
@@ -205,10 +212,38 @@ baseline). floor: the best constant answer per question type.</p>
 </body></html>"""
 
 
+def markdown_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(manifest: dict, results: list[dict]) -> str:
+    """A short summary for pull requests: the verdict, its reasons and the criteria table."""
+    verdict = run_verdict(manifest, results)
+    named = f" — {', '.join(verdict.models)}" if verdict.models else ""
+    lines = [f"## spatialprobe: {markdown_cell(manifest.get('config', {}).get('name', ''))}", "",
+             f"**Verdict: {verdict.action}{named}**{'' if verdict.certain else ' (uncertain)'}", "",
+             f"Decision-matrix row: *{verdict.outcome}*. Rests on: {', '.join(verdict.rests_on) or 'nothing measured'}.", ""]
+    lines += [f"- {markdown_cell(r)}" for r in verdict.reasons + unavailable_notes(results)]
+    lines += ["", "| model | judged at | criterion | threshold | value [95% CI] | status | tier | best stage |",
+              "|---|---|---|---|---|---|---|---|"]
+    for v in verdict.per_model:
+        for j in v.judgements:
+            c = j.criterion
+            value = "—" if j.value is None else f"{j.value:.3f}" + (f" [{j.ci[0]:.3f}, {j.ci[1]:.3f}]" if j.ci and j.ci[0] is not None else "")
+            best = v.best_stage.get(c.metric)
+            status = "unavailable" if j.unavailable else j.status
+            lines.append(f"| {markdown_cell(v.model)} | {v.stage} | {c.metric} | {'>' if c.direction == 'above' else '<'} "
+                         f"{c.threshold:g} | {value} | {status} | {j.tier or ''} | {f'{best[0]}: {best[1]:.3f}' if best else ''} |")
+    lines += ["", "Full report: `report.html` (layer-by-layer trace, controls, speed, environment)."]
+    return "\n".join(lines) + "\n"
+
+
 def write_report(run_dir: Path) -> Path:
+    """Write report.html and its Markdown summary, summary.md, from the run's stored results."""
     from .runner import write_atomic
 
     manifest, results = read_run(run_dir)
     target = Path(run_dir) / "report.html"
     write_atomic(target, render(manifest, results))
+    write_atomic(Path(run_dir) / "summary.md", render_markdown(manifest, results))
     return target
