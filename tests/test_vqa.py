@@ -45,3 +45,13 @@ def test_tiny_qwen_answers_with_its_own_generate(shapes, tmp_path):
     (record,) = vqa_records(qwen, train, one, n_boot=50, limit=6)
     assert record["metric"] == "vqa_accuracy" and record["n"] == 6 and 0 <= record["value"] <= 1
     assert record["ci_low"] <= record["value"] <= record["ci_high"] and record["ceiling"] == 1.0
+
+
+def test_relative_accuracy_against_the_baseline():
+    from spatialprobe.vqa import relative_records
+
+    rows = [{"model": m, "task": "vqa", "metric": "vqa_accuracy", "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1,
+             "floor": 0.2} for m, v in (("base", 0.8), ("new", 0.76))]
+    relative = {r["model"]: r for r in relative_records(rows, "base")}
+    assert relative["new"]["value"] == pytest.approx(0.95) and relative["base"]["value"] == pytest.approx(1.0)
+    assert relative_records(rows, "absent") == []

@@ -22,13 +22,14 @@ from .backbones.base import Backbone
 from .cache import FeatureCache, cache_key, default_cache_dir
 from .config import ModelConfig, RunConfig
 from .data import dataset_hash, generate_synthetic_shapes, load_coco
+from .data.shapes import GENERATOR_VERSION
 from .errors import SpatialProbeError
 from .extract import extract_split
 from .decision import judged_stage
 from .probes import ProbeSplit, run_spatial_probes, shuffle_tokens
 from .probes.reconstruction import OUTPUT_SIZE, reconstruction_records
 from .speed import measure_speed, speed_records
-from .vqa import vqa_records
+from .vqa import relative_records, vqa_records
 
 RANDOM_INIT_SEED_OFFSET = 7919
 MASK_SIZE = 112  # target masks are compared at this resolution (enough for 224-px images, cheap)
@@ -65,7 +66,8 @@ def prepare_dataset(config: RunConfig, console: Console) -> Path:
             raise SpatialProbeError(f"dataset.path: dataset folder not found: {spec.path}")
         return Path(spec.path)
     params = spec.shapes.model_dump()
-    root = spec.path or work_dir(config) / "datasets" / f"synthetic_shapes-{cache_key(**params)[:12]}"
+    folder = f"synthetic_shapes-{cache_key(**params, version=GENERATOR_VERSION)[:12]}"
+    root = spec.path or work_dir(config) / "datasets" / folder
     console.print(f"dataset: synthetic_shapes at {root}")
     return generate_synthetic_shapes(Path(root), **params)
 
@@ -196,7 +198,7 @@ def quiet_transformers() -> None:
 
 
 def speed_baseline(config: RunConfig) -> str | None:
-    """The model speed ratios are taken against: configured, else the first Qwen2.5-VL (the proposal's)."""
+    """The model speed ratios and relative VQA are taken against: configured, else the first Qwen2.5-VL."""
     if config.decision.baseline:
         return config.decision.baseline
     return next((m.name for m in config.models if m.family == "qwen2_5_vl"), None)
@@ -260,6 +262,7 @@ def run(config: RunConfig, out: Path, console: Console | None = None) -> Path:
             del feats
             gc.collect()
             bar.update(overall, advance=1)
+    results.extend(relative_records(results, speed_baseline(config)))
     if speeds:
         baseline = speed_baseline(config)
         results.extend({**r, "label": manifest["models"][r["model"]]["label"], "control": "none", "seed": config.seed}

@@ -78,3 +78,14 @@ def vqa_records(backbone, train_data, test_data, n_boot: int = 1000, seed: int =
     return [{"task": "vqa", "stage": None, "probe": "generate", "metric": "vqa_accuracy", "value": float(correct.mean()),
              "ci_low": low, "ci_high": high, "floor": floor, "ceiling": 1.0, "n": len(test_questions),
              "kinds": dict(Counter(q.kind for q in test_questions))}]
+
+
+def relative_records(results: list[dict], baseline: str | None) -> list[dict]:
+    """`vqa_relative`: each model's accuracy over the baseline's (proposal 7.3 asks for at least 0.95)."""
+    accuracy = {r["model"]: r for r in results if r.get("task") == "vqa" and r["metric"] == "vqa_accuracy"}
+    if baseline not in accuracy or not accuracy[baseline]["value"]:
+        return []
+    base = accuracy[baseline]["value"]
+    return [{**r, "metric": "vqa_relative", "value": r["value"] / base, "ci_low": r["ci_low"] / base,
+             "ci_high": r["ci_high"] / base, "floor": r["floor"] / base, "ceiling": 1.0 / base, "baseline": baseline}
+            for r in accuracy.values()]

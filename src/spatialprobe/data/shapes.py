@@ -28,6 +28,7 @@ PALETTE = {
 # the `easy` preset: bright shapes on a near-black background, so raw patch pixels separate them linearly
 EASY_PALETTE = {"white": (250, 250, 250), "yellow": (250, 240, 90), "cyan": (90, 240, 250), "pink": (250, 150, 230)}
 SPLITS = ("train", "val", "test")
+GENERATOR_VERSION = 2  # bump whenever the same parameters would produce different files
 SUPERSAMPLE = 4
 MAX_OVERLAP = 0.1  # at most this fraction of a new object may cover earlier ones
 
@@ -163,8 +164,9 @@ def generate_synthetic_shapes(out: str | Path, *, n_train: int = 300, n_val: int
     validate(params)
     if (out / "dataset.json").exists():
         existing = json.loads((out / "dataset.json").read_text())
-        if existing != {"generator": "synthetic_shapes", **params}:
-            raise SpatialProbeError(f"{out} already holds a synthetic_shapes dataset with other parameters; "
+        if existing != {"generator": "synthetic_shapes", "version": GENERATOR_VERSION, **params}:
+            raise SpatialProbeError(f"{out} already holds a synthetic_shapes dataset with other parameters or "
+                                    "generator version; "
                                     "choose another --out or delete it")
         return out
     if out.exists() and any(out.iterdir()):
@@ -176,7 +178,8 @@ def generate_synthetic_shapes(out: str | Path, *, n_train: int = 300, n_val: int
         for split, count in zip(SPLITS, (n_train, n_val, n_test)):
             write_split(tmp, split, count, params, categories, progress)
         # written last: its presence marks a complete dataset
-        (tmp / "dataset.json").write_text(json.dumps({"generator": "synthetic_shapes", **params}, indent=2))
+        (tmp / "dataset.json").write_text(json.dumps({"generator": "synthetic_shapes", "version": GENERATOR_VERSION,
+                                                      **params}, indent=2))
         if out.exists():
             out.rmdir()
         os.rename(tmp, out)
