@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
-from .vit import VitTowerBackbone
+from .vit import TINY_TOWER, VitTowerBackbone, save_tiny_tower
 
 
 class Dinov2Backbone(VitTowerBackbone):
@@ -29,13 +29,7 @@ class Dinov2Backbone(VitTowerBackbone):
 
     @classmethod
     def save_tiny(cls, path: Path, seed: int = 0) -> None:
-        torch.manual_seed(seed)
-        config = Dinov2Config(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-            patch_size=14, image_size=56,
-        )
-        Dinov2Model(config).save_pretrained(path)
-        BitImageProcessor(
-            do_resize=False, do_center_crop=False,
-            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-        ).save_pretrained(path)
+        processor = BitImageProcessor(do_resize=False, do_center_crop=False,
+                                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+        tower = {k: v for k, v in TINY_TOWER.items() if k != "intermediate_size"}  # DINOv2 sets it by mlp_ratio
+        save_tiny_tower(path, seed, Dinov2Model, Dinov2Config(**tower, mlp_ratio=2), processor)

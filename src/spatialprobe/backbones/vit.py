@@ -26,6 +26,17 @@ def load_pretrained(loader, family: str, name_or_path: str, **kwargs):
         raise SpatialProbeError(f"cannot load {family} model from {where} {name_or_path!r}: {reason}") from err
 
 
+TINY_TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  patch_size=14, image_size=56)
+
+
+def save_tiny_tower(path: Path, seed: int, model_class, config, processor) -> None:
+    """A tiny random-initialized tower and its processor, saved as a hub checkpoint would be."""
+    torch.manual_seed(seed)
+    model_class(config).save_pretrained(path)
+    processor.save_pretrained(path)
+
+
 def resize_whole(images: list[Image.Image], size: int) -> list[Image.Image]:
     return [im.convert("RGB").resize((size, size), Image.BICUBIC) for im in images]
 
@@ -34,6 +45,7 @@ class VitTowerBackbone(HookedBackbone):
     """A ViT whose sequence is [special tokens..., patch tokens in raster order]."""
 
     model_class: Any = None
+    passes_interpolation_flag = False
     #: names of the leading non-spatial tokens, e.g. ("cls",) — they go to `extra`
     def leading_tokens(self) -> dict[str, int]:
         return {}
@@ -84,7 +96,10 @@ class VitTowerBackbone(HookedBackbone):
         return {"pixel_values": pixels.to(self.device, self.dtype), **self.forward_options()}, None
 
     def forward_options(self) -> dict[str, Any]:
-        return {}
+        if not self.passes_interpolation_flag:
+            return {}
+        # CLIP and SigLIP only resample their position embeddings when asked to
+        return {"interpolate_pos_encoding": self.resolution != int(self.model.config.image_size)}
 
     def to_features(self, stage: str, raw: torch.Tensor, layout: None) -> TokenFeatures:
         extra, start = {}, 0
