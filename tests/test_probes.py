@@ -164,3 +164,18 @@ def test_noise_features_stay_at_the_floor():
     for probe in ("linear", "pooled", "dense"):
         r = got[(probe, "bbox_iou")]
         assert r["value"] <= r["floor"] + 0.05
+
+
+def test_stage_without_spatial_tokens_gets_only_the_pooled_probe_on_its_placeless_tokens():
+    # Kosmos-2's resampled queries: no footprints, so only pooling can read them
+    train, test = rectangles(150, 8), rectangles(60, 9)
+    g = torch.Generator().manual_seed(10)
+    mixing = torch.randn(4, 16, generator=g)
+    for split in (train, test):
+        n = len(split.boxes)
+        split.placeless_mean = split.boxes @ mixing
+        split.tokens, split.footprints = torch.zeros(n, 0, 16), torch.zeros(n, 0, 4)
+    got = by_key(run_spatial_probes(train, test, n_boot=100))
+    assert {probe for probe, _ in got} == {"pooled"}
+    r = got[("pooled", "bbox_iou")]
+    assert r["value"] > 0.97 and r["ceiling"] == pytest.approx(1.0) and r["floor"] < 0.5

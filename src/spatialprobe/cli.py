@@ -29,16 +29,39 @@ def fail(err: Exception) -> None:
 def run(
     config: Optional[Path] = typer.Argument(None, help="Run config (YAML). Without one: the offline quickstart."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<config name>)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs, stages and estimated memory; load nothing."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code",
+        help="Allow checkpoints that need their own Python code (CogVLM2, original InternVL2). Only for code you trust."),
 ) -> None:
     """Run the protocol: extract features stage by stage, probe them, write results and report."""
     from .config import load_config, quickstart_config
-    from .runner import run as run_protocol
 
     try:
         cfg = load_config(config) if config else quickstart_config()
-        run_protocol(cfg, out or Path("runs") / cfg.name, console=console)
+        if dry_run:
+            print_plan(cfg, trust_remote_code)
+            return
+        from .runner import run as run_protocol
+
+        run_protocol(cfg, out or Path("runs") / cfg.name, console=console, trust_remote_code=trust_remote_code)
     except SpatialProbeError as err:
         fail(err)
+
+
+def print_plan(cfg, trust_remote_code: bool) -> None:
+    from .plan import plan
+
+    table = Table("model", "family", "control", "stages", "params (B)", "est. memory (GB)", "extraction jobs",
+                  title=f"{cfg.name}: dry run (nothing loaded or downloaded)")
+    planned = plan(cfg, trust_remote_code)
+    for p in planned:
+        params = f"{p.params:.2f} ({p.params_source})" if p.params is not None else p.params_source
+        memory = f"{p.memory_gb:.1f}" if p.memory_gb is not None else "?"
+        table.add_row(p.name, p.family, p.control, p.stages, params, memory, str(p.shards))
+    Console(width=200).print(table)
+    typer.echo(f"{len(planned)} models, {sum(p.shards for p in planned)} extraction jobs "
+               f"(one per model and dataset shard of {cfg.shard_size} images); device {cfg.device}, dtype {cfg.dtype}")
 
 
 @data_app.command("synthetic-shapes")
@@ -67,15 +90,17 @@ def synthetic_shapes(
 
 @app.command()
 def models() -> None:
-    """The supported model families, their stages and where their weights come from."""
+    """The supported model families: stages and token layout, where weights come from, what is tested offline."""
     from .backbones import FAMILIES, backbone_class
 
-    table = Table("family", "stages", "weights", "tested offline")
+    table = Table("family", "stages and token layout", "weights", "tested offline", show_lines=True)
     for family in FAMILIES:
         cls = backbone_class(family)
         table.add_row(family, getattr(cls, "stage_summary", ""), getattr(cls, "weights_source", ""),
                       getattr(cls, "offline_test", ""))
-    Console().print(table)
+    Console(width=160).print(table)
+    typer.echo("Presets (config `preset:`): mod_a = pre-merger features (last vision block); "
+               "mod_b = vision encoder only (no LLM).")
 
 
 @app.command()

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .backbones import FAMILIES
 from .decision import DecisionConfig
@@ -39,25 +39,84 @@ class DatasetConfig(Strict):
     shapes: ShapesParams = ShapesParams()
 
 
-class ModelConfig(Strict):
+#: the proposal's modifications of a VLM (section 3.1.4), as named presets: which stages they read
+#: (the judged stage is the last of them) and how the report names them
+PRESETS: dict[str, tuple[list[str], str]] = {
+    "mod_a": (["vision.block.-1"], "Mod A: pre-merger features (last vision block)"),
+    "mod_b": (["vision.*", "projector.*"], "Mod B: vision encoder only (no LLM)"),
+}
+
+
+def known_family(family: str) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; supported: {', '.join(FAMILIES)}")
+    return family
+
+
+class LoadConfig(Strict):
+    """How a checkpoint is fetched and placed (passed to `from_pretrained`)."""
+    revision: str | None = None
+    device_map: str | None = None  # "auto": spread over the GPUs (accelerate)
+    quantization: Literal["4bit", "8bit"] | None = None  # bitsandbytes, CUDA only
+    allow_pickle: bool = False  # accept pickle (.bin) weights when there are no safetensors
+    trust_remote_code: bool = False  # run the checkpoint's own code (CogVLM2, original InternVL2)
+
+
+class HybridPart(LoadConfig):
+    """One pathway of a hybrid: a backbone and the one stage read from it."""
+    name: str
+    family: str
+    path: str = ""
+    stage: str
+    options: dict = {}
+
+    @field_validator("family")
+    @classmethod
+    def known_single_family(cls, family: str) -> str:
+        if family == "hybrid":
+            raise ValueError("a hybrid part cannot itself be a hybrid")
+        return known_family(family)
+
+
+class ModelConfig(LoadConfig):
     name: str
     family: str
     #: hub id or local folder; "installed:<name>" means a checkpoint from `spatialprobe weights install`;
     #: "tiny" means a tiny random-initialized checkpoint from `spatialprobe.testing.save_tiny`
     path: str = ""
     label: str | None = None
+    #: stage names, negative indices (vision.block.-1) or patterns (vision.*); "all" = every stage
     stages: list[str] | Literal["all"] = "all"
+    #: a named modification (proposal 3.1.4): mod_a = pre-merger, mod_b = vision encoder only
+    preset: Literal["mod_a", "mod_b"] | None = None
     #: options passed to the adapter (e.g. resolution)
     options: dict = {}
+    #: family hybrid: the pathways whose stages are resampled onto one footprint grid and concatenated
+    parts: list[HybridPart] | None = None
     #: also run a random-initialized copy of this architecture (a control)
     random_init_control: bool = True
 
     @field_validator("family")
     @classmethod
-    def known_family(cls, family: str) -> str:
-        if family not in FAMILIES:
-            raise ValueError(f"unknown model family {family!r}; supported: {', '.join(FAMILIES)}")
-        return family
+    def known(cls, family: str) -> str:
+        return known_family(family)
+
+    @model_validator(mode="after")
+    def apply_preset_and_parts(self) -> "ModelConfig":
+        if (self.family == "hybrid") != (self.parts is not None):
+            raise ValueError("family hybrid needs `parts` (two or more), and only a hybrid has them")
+        if self.parts is not None and len(self.parts) < 2:
+            raise ValueError("a hybrid needs at least two parts")
+        if self.preset:
+            stages, name = PRESETS[self.preset]
+            if self.stages != "all":
+                raise ValueError(f"preset {self.preset} sets the stages itself; drop `stages`")
+            self.stages = stages
+            self.label = f"{self.label or self.name} — {name}"
+        return self
+
+    def load_options(self) -> dict:
+        return LoadConfig.model_validate(self.model_dump(include=set(LoadConfig.model_fields))).model_dump()
 
 
 class ControlsConfig(Strict):

@@ -6,7 +6,7 @@ import json
 import os
 import platform
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -45,6 +45,8 @@ class ModelRun:
     stages: list[str] | None
     options: dict
     control: str  # "none" | "random_init" | "pixels"
+    load: dict = field(default_factory=dict)  # LoadConfig fields: revision, device_map, quantization, ...
+    parts: list[dict] | None = None  # hybrid pathways
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -76,7 +78,8 @@ def probe_split(data, feats, mask_size: int = MASK_SIZE) -> ProbeSplit:
     targets = [data.target(i) for i in range(len(data))]
     boxes = torch.tensor(np.stack([t[0] for t in targets]), dtype=torch.float32)
     masks = torch.stack([torch.from_numpy(resize_mask(t[1], mask_size)) for t in targets])
-    return ProbeSplit(feats.tokens.float(), feats.footprints.float(), boxes, masks)
+    placeless = torch.cat(list(feats.extra.values()), dim=1).float().mean(1) if feats.extra else None
+    return ProbeSplit(feats.tokens.float(), feats.footprints.float(), boxes, masks, placeless)
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
@@ -85,35 +88,42 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 127
 
 
-def model_runs(config: RunConfig) -> list[ModelRun]:
+def model_runs(config: RunConfig, trust_remote_code: bool = False) -> list[ModelRun]:
     runs = []
     if config.controls.pixels:
         runs.append(ModelRun("pixels", "pixels", "pixels", None, None, {"resolution": config.controls.pixels_resolution}, "pixels"))
     for m in config.models:
         stages = None if m.stages == "all" else list(m.stages)
-        runs.append(ModelRun(m.name, m.family, m.path, m.label, stages, dict(m.options), "none"))
+        load = m.load_options() | ({"trust_remote_code": True} if trust_remote_code else {})
+        parts = [p.model_dump() | ({"trust_remote_code": True} if trust_remote_code else {}) for p in m.parts or []] or None
+        runs.append(ModelRun(m.name, m.family, m.path, m.label, stages, dict(m.options), "none", load, parts))
         if m.random_init_control:
-            runs.append(ModelRun(f"{m.name} [random init]", m.family, m.path, None, stages, dict(m.options), "random_init"))
+            runs.append(ModelRun(f"{m.name} [random init]", m.family, m.path, None, stages, dict(m.options),
+                                 "random_init", load, parts))
     return runs
 
 
-def resolve_path(run: ModelRun, config: RunConfig) -> str:
-    if run.path.startswith("installed:"):
+def resolve_path(path: str, family: str, config: RunConfig) -> str:
+    if path.startswith("installed:"):
         from .weights import install_weights
 
-        return str(install_weights(run.path.removeprefix("installed:")))
-    if run.path == "tiny":
+        return str(install_weights(path.removeprefix("installed:")))
+    if path == "tiny":
         from .testing import save_tiny
 
-        folder = work_dir(config) / "tiny" / run.family
+        folder = work_dir(config) / "tiny" / family
         if not (folder / "config.json").exists():
-            save_tiny(run.family, folder)
+            save_tiny(family, folder)
         return str(folder)
-    return run.path
+    return path
 
 
 def open_backbone(run: ModelRun, config: RunConfig) -> Backbone:
-    backbone = load_backbone(run.family, resolve_path(run, config), device=config.device, dtype=config.dtype, **run.options)
+    options = {**run.load, **run.options}
+    if run.parts:
+        options["parts"] = [{**part, "path": resolve_path(part["path"], part["family"], config)} for part in run.parts]
+    path = run.path if run.parts else resolve_path(run.path, run.family, config)
+    backbone = load_backbone(run.family, path or run.name, device=config.device, dtype=config.dtype, **options)
     if run.control == "random_init":
         # offset so the control never coincides with a checkpoint made by `save_tiny(seed=config.seed)`
         randomize(backbone, seed=config.seed + RANDOM_INIT_SEED_OFFSET)
@@ -133,11 +143,17 @@ def model_label(run: ModelRun) -> str:
         return IMGFOCUS_LABEL
     if run.path == "tiny":
         return f"{run.family} (tiny, random init: architecture check only)"
+    if run.parts:
+        return "hybrid: " + " + ".join(f"{p['name']} ({p['family']} {p['stage']})" for p in run.parts)
     return "raw pixels (control)" if run.control == "pixels" else f"{run.family}:{run.path}"
 
 
 def randomize(backbone: Backbone, seed: int) -> None:
     """Replace the weights by a fresh random initialization of the same architecture (a control)."""
+    if hasattr(backbone, "parts"):  # a hybrid: every pathway gets fresh weights
+        for number, (part, _stage) in enumerate(backbone.parts.values()):
+            randomize(part, seed + number)
+        return
     model = getattr(backbone, "model", None)
     if model is None:
         raise SpatialProbeError(f"{backbone.family} has no weights to randomize")
@@ -180,7 +196,7 @@ def iter_results(run: ModelRun, label: str, train_feats, test_feats, train_data,
         train = probe_split(train_data, train_feats[stage])
         test = probe_split(test_data, test_feats[stage])
         variants = [("none" if run.control != "random_init" else "random_init", train, test)]
-        if config.controls.shuffled_tokens and run.control == "none":
+        if config.controls.shuffled_tokens and run.control == "none" and train.has_spatial_tokens:
             variants.append(("shuffled", shuffle_tokens(train, config.seed), shuffle_tokens(test, config.seed + 1)))
         for control, tr, te in variants:
             name = run.name if control in ("none", "random_init", "pixels") else f"{run.name} [shuffled tokens]"
@@ -212,7 +228,7 @@ def environment() -> dict:
             "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available()}
 
 
-def run(config: RunConfig, out: Path, console: Console | None = None) -> Path:
+def run(config: RunConfig, out: Path, console: Console | None = None, trust_remote_code: bool = False) -> Path:
     console = console or Console(stderr=True)
     quiet_transformers()
     out = Path(out)
@@ -228,7 +244,7 @@ def run(config: RunConfig, out: Path, console: Console | None = None) -> Path:
                                                    "test": len(test_data)}, "models": {}}
     results: list[dict] = []
     speeds: dict[str, dict] = {}
-    runs = model_runs(config)
+    runs = model_runs(config, trust_remote_code)
     with progress_bar(console) as bar:
         overall = bar.add_task("models", total=len(runs))
         for number, model_run in enumerate(runs, 1):

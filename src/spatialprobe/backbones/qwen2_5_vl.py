@@ -19,7 +19,7 @@ from PIL import Image
 from ..errors import SpatialProbeError
 from ..features import TokenFeatures, grid_footprints
 from .base import HookedBackbone
-from .vit import load_pretrained, resize_whole
+from .vit import resize_whole
 
 PROMPT = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>\n<|im_start|>assistant\n"
 QUESTION = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n<|im_start|>assistant\n"
@@ -47,14 +47,13 @@ class Qwen25VLBackbone(HookedBackbone):
     weights_source = "hub id or folder (Qwen/Qwen2.5-VL-*-Instruct)"
     offline_test = "yes (tiny)"
 
-    def __init__(self, name_or_path: str, device: str = "cpu", dtype: str = "float32", resolution: int = 224):
-        super().__init__(name_or_path, device, dtype)
+    def __init__(self, name_or_path: str, device: str = "cpu", dtype: str = "float32", resolution: int = 224,
+                 **load_options):
+        super().__init__(name_or_path, device, dtype, **load_options)
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-        self.model = load_pretrained(Qwen2_5_VLForConditionalGeneration, self.family, self.name_or_path,
-                                     dtype=self.dtype, use_safetensors=True)
-        self.model.to(self.device).eval()
-        self.processor = load_pretrained(AutoProcessor, self.family, self.name_or_path)
+        self.model = self.load_model(Qwen2_5_VLForConditionalGeneration)
+        self.processor = self.load_processor(AutoProcessor)
         vision = self.model.config.vision_config
         self.patch, self.merge = int(vision.patch_size), int(vision.spatial_merge_size)
         if resolution % (self.patch * self.merge):
@@ -93,9 +92,7 @@ class Qwen25VLBackbone(HookedBackbone):
         config = self.model.config.vision_config
         window_index, _ = get_vision_window_index(grid, self.merge, config.window_size, self.patch)
         positions = torch.stack([row.nonzero().flatten() for row in inputs["input_ids"] == self.model.config.image_token_id])
-        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                  for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-        return inputs, Layout(self.side, window_index, positions)
+        return self.move_inputs(inputs), Layout(self.side, window_index, positions)
 
     def _in_group_order(self, stage: str, raw: torch.Tensor, layout: Layout) -> torch.Tensor:
         """Vision-tower tokens of the whole batch, in the processor's 2x2-group order."""
@@ -129,8 +126,7 @@ class Qwen25VLBackbone(HookedBackbone):
         for image, question in zip(images, questions):
             inputs = self.processor(text=[QUESTION.format(question)], images=resize_whole([image], self.resolution),
                                     return_tensors="pt", images_kwargs={"do_resize": False})
-            inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                      for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+            inputs = self.move_inputs(inputs)
             output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
             replies.append(self.processor.batch_decode(new_tokens, skip_special_tokens=True)[0])

@@ -16,16 +16,6 @@ from ..features import TokenFeatures, grid_footprints
 from .base import HookedBackbone
 
 
-def load_pretrained(loader, family: str, name_or_path: str, **kwargs):
-    """`loader.from_pretrained` with a one-line error that names the model when it cannot be loaded."""
-    try:
-        return loader.from_pretrained(name_or_path, **kwargs)
-    except (OSError, ValueError) as err:
-        where = "local folder" if Path(name_or_path).exists() else "hub id or folder"
-        reason = str(err).strip().splitlines()[0][:200]
-        raise SpatialProbeError(f"cannot load {family} model from {where} {name_or_path!r}: {reason}") from err
-
-
 TINY_TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                   patch_size=14, image_size=56)
 
@@ -50,13 +40,13 @@ class VitTowerBackbone(HookedBackbone):
     def leading_tokens(self) -> dict[str, int]:
         return {}
 
-    def __init__(self, name_or_path: str, device: str = "cpu", dtype: str = "float32", resolution: int | None = None):
-        super().__init__(name_or_path, device, dtype)
+    def __init__(self, name_or_path: str, device: str = "cpu", dtype: str = "float32", resolution: int | None = None,
+                 **load_options):
+        super().__init__(name_or_path, device, dtype, **load_options)
         from transformers import AutoImageProcessor
 
-        self.model = load_pretrained(self.model_class, self.family, self.name_or_path, dtype=self.dtype)
-        self.model.to(self.device).eval()
-        self.processor = load_pretrained(AutoImageProcessor, self.family, self.name_or_path)
+        self.model = self.load_model(self.model_class)
+        self.processor = self.load_processor(AutoImageProcessor)
         self.patch = int(self.model.config.patch_size)
         self.resolution = int(resolution or self.default_resolution())
         if self.resolution % self.patch:
@@ -93,7 +83,7 @@ class VitTowerBackbone(HookedBackbone):
         if hasattr(self.processor, "do_center_crop"):
             options["do_center_crop"] = False
         pixels = self.processor(images=resize_whole(images, self.resolution), **options)["pixel_values"]
-        return {"pixel_values": pixels.to(self.device, self.dtype), **self.forward_options()}, None
+        return {**self.move_inputs({"pixel_values": pixels}), **self.forward_options()}, None
 
     def forward_options(self) -> dict[str, Any]:
         if not self.passes_interpolation_flag:

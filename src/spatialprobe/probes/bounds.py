@@ -70,3 +70,9 @@ def ceilings(test) -> dict[str, float]:
     oracle_scores = torch.from_numpy(paired_box_iou(boxes, test.boxes)).float()
     result = evaluate(boxes, oracle_scores, test, masks, with_ci=False)
     return {metric: value for metric, (value, _, _) in result.items()}
+
+
+def perfect_scores(test) -> dict[str, float]:
+    """The metrics of a perfect prediction (the ceiling where no token grid limits the reader)."""
+    result = evaluate(test.boxes, torch.ones(len(test.boxes)), test, test.masks, with_ci=False)
+    return {metric: value for metric, (value, _, _) in result.items()}
