@@ -13,6 +13,13 @@ FAMILIES: dict[str, str] = {
     "clip": "spatialprobe.backbones.clip:ClipBackbone",
     "siglip": "spatialprobe.backbones.siglip:SiglipBackbone",
     "qwen2_5_vl": "spatialprobe.backbones.qwen2_5_vl:Qwen25VLBackbone",
+    "llava_next": "spatialprobe.backbones.llava_next:LlavaNextBackbone",
+    "internvl": "spatialprobe.backbones.internvl:InternVLBackbone",
+    "glm4v": "spatialprobe.backbones.glm4v:Glm4vBackbone",
+    "cogvlm2": "spatialprobe.backbones.cogvlm2:CogVLM2Backbone",
+    "florence2": "spatialprobe.backbones.florence2:Florence2Backbone",
+    "kosmos2": "spatialprobe.backbones.kosmos2:Kosmos2Backbone",
+    "vjepa2": "spatialprobe.backbones.vjepa2:VJepa2Backbone",
     "hybrid": "spatialprobe.backbones.hybrid:HybridBackbone",
 }
 

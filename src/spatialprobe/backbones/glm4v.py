@@ -1,0 +1,160 @@
+"""GLM-4.1V / GLM-4.5V / GLM-4.6V (`Glm4vForConditionalGeneration` and its MoE / 4.6V siblings, which share this
+vision tower and module paths), traced in full: embeddings, vision blocks, the 2x2 downsampling conv, the merger,
+LLM layers.
+
+Token layout (transformers 5.x, checked by the planted-patch test):
+- the image processor (Qwen2-VL style) emits patches in merge-group order: 2x2 groups in raster order, then the
+  4 patches of a group in raster order; each patch is repeated `temporal_patch_size` times along the channels
+  (an image is a 2-frame still), so the Conv3d patch embedding sees it once.
+- `visual.embeddings` adds the learned position table, bicubically resampled to the patch grid, to the patch
+  embedding (after `post_conv_layernorm`); its output is what block 0 reads. The tower has no window attention
+  and no reordering: every block output stays in group order. All images of a batch run as one sequence,
+  split by `cu_seqlens`.
+- after `post_layernorm` (not a stage: the last vision.block is read before it), `visual.downsample` (Conv2d, kernel = stride = merge size) reads each run of 4
+  consecutive tokens as one 2x2 group: one token per group, groups in raster order = the merged raster.
+  `visual.merger` (linear, LayerNorm, GELU, SwiGLU) maps those tokens one by one: its output is what the
+  LLM receives (`get_image_features(...).pooler_output`), scattered over the `<|image|>` placeholders in
+  raster order.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..errors import SpatialProbeError
+from ..features import TokenFeatures, grid_footprints
+from .base import HookedBackbone
+from .qwen2_5_vl import group_order_to_raster
+from .vit import resize_whole
+
+# GLM-4.1V's chat format (zai-org/GLM-4.1V-9B-Thinking: [gMASK]<sop><|user|>\n<|begin_of_image|>...)
+PROMPT = "[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>Describe the image.<|assistant|>\n"
+QUESTION = "[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>{}<|assistant|>\n"
+
+#: model_type -> native class; all three have model.visual (this tower) and model.language_model.layers
+MODEL_CLASSES = {"glm4v": "Glm4vForConditionalGeneration", "glm4v_moe": "Glm4vMoeForConditionalGeneration",
+                 "glm46v": "Glm46VForConditionalGeneration"}
+
+
+@dataclass
+class Layout:
+    side: int  # patches per image side
+    image_positions: torch.Tensor  # [B, M] positions of the <|image|> tokens in the LLM sequence
+
+
+class Glm4vBackbone(HookedBackbone):
+    family = "glm4v"
+    stage_summary = ("vision.embed, vision.block.<i>, projector.downsample (2x2 conv), projector.out (merger), "
+                     "llm.layer.<i> (image tokens); all rasters")
+    weights_source = "hub id or folder (zai-org/GLM-4.1V-9B-*, zai-org/GLM-4.5V, zai-org/GLM-4.6V*)"
+    offline_test = "yes (tiny)"
+
+    # 336 px: the real checkpoints' position table is 24x24 patches, so it is used without resampling
+    def __init__(self, name_or_path: str, device: str = "cpu", dtype: str = "float32", resolution: int = 336,
+                 **load_options):
+        super().__init__(name_or_path, device, dtype, **load_options)
+        from transformers import AutoProcessor
+
+        self.model = self.load_model(self._model_class())
+        self.processor = self.load_processor(AutoProcessor)
+        vision = self.model.config.vision_config
+        self.patch, self.merge = int(vision.patch_size), int(vision.spatial_merge_size)
+        if resolution % (self.patch * self.merge):
+            raise SpatialProbeError(f"{self.family}: resolution {resolution} is not a multiple of "
+                                    f"{self.patch * self.merge} (patch size x merge size)")
+        self.resolution = resolution
+        self.side = resolution // self.patch
+        self.raster = group_order_to_raster(self.side, self.merge)
+
+    def _model_class(self):
+        """The native class of this checkpoint: GLM-4.1V, GLM-4.5V (MoE text model) and GLM-4.6V share the tower."""
+        import transformers
+
+        config = self._from_pretrained(transformers.AutoConfig, None, self.load_options.processor_kwargs())
+        if config.model_type not in MODEL_CLASSES:
+            raise SpatialProbeError(f"{self.family}: {self.name_or_path!r} is a {config.model_type!r} model, "
+                                    f"not one of {', '.join(MODEL_CLASSES)}")
+        return getattr(transformers, MODEL_CLASSES[config.model_type])
+
+    @property
+    def visual(self) -> torch.nn.Module:
+        return self.model.model.visual
+
+    def stage_modules(self) -> dict[str, torch.nn.Module]:
+        stages = {"vision.embed": self.visual.embeddings}
+        stages.update({f"vision.block.{i}": b for i, b in enumerate(self.visual.blocks)})
+        stages["projector.downsample"] = self.visual.downsample
+        stages["projector.out"] = self.visual.merger
+        stages.update({f"llm.layer.{i}": layer for i, layer in enumerate(self.model.model.language_model.layers)})
+        return stages
+
+    def preprocessing(self) -> dict[str, Any]:
+        image_processor = self.processor.image_processor
+        return {"resize": "whole image, bicubic, no crop", "resolution": self.resolution, "patch_size": self.patch,
+                "merge_size": self.merge, "prompt": PROMPT,
+                "image_mean": list(map(float, image_processor.image_mean)),
+                "image_std": list(map(float, image_processor.image_std))}
+
+    def _inputs(self, prompts: list[str], images: list[Image.Image]):
+        # the images arrive at the working size already: the processor only rescales, normalizes, patchifies
+        return self.processor(text=prompts, images=resize_whole(images, self.resolution), return_tensors="pt",
+                              images_kwargs={"do_resize": False})
+
+    def prepare(self, images: list[Image.Image]) -> tuple[dict[str, Any], Layout]:
+        inputs = self._inputs([PROMPT] * len(images), images)
+        grid = inputs["image_grid_thw"]
+        if not (grid[:, 1:] == self.side).all():
+            raise RuntimeError(f"{self.label}: processor made a {grid[0].tolist()} grid, expected {self.side}x{self.side}")
+        is_image = inputs["input_ids"] == self.model.config.image_token_id
+        positions = torch.stack([row.nonzero().flatten() for row in is_image])
+        return self.move_inputs(inputs), Layout(self.side, positions)
+
+    def run(self, inputs: dict[str, Any]) -> None:
+        self.model(**inputs, use_cache=False)
+
+    def to_features(self, stage: str, raw: torch.Tensor, layout: Layout) -> TokenFeatures:
+        batch = layout.image_positions.shape[0]
+        merged_side = layout.side // self.merge
+        if stage.startswith("llm."):
+            index = layout.image_positions.to(raw.device)
+            tokens = torch.gather(raw, 1, index[..., None].expand(-1, -1, raw.shape[-1]))
+            side = merged_side
+        elif stage.startswith("projector."):  # one token per 2x2 group, groups in raster order
+            tokens = raw.reshape(batch, merged_side * merged_side, -1)  # downsample's [G, C, 1, 1] too
+            side = merged_side
+        else:  # patch tokens in group order
+            tokens = raw.reshape(batch, layout.side * layout.side, -1)[:, self.raster.to(raw.device)]
+            side = layout.side
+        footprints = grid_footprints(side, side).expand(batch, -1, -1).contiguous()
+        return TokenFeatures(tokens.float(), footprints, (side, side))
+
+    def _question_prompt(self, question: str) -> str:
+        """The checkpoint's own chat template when it has one (thinking off where the template allows it)."""
+        if getattr(self.processor, "chat_template", None):
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+            return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                      enable_thinking=False)
+        return QUESTION.format(question)
+
+    @torch.inference_mode()
+    def answer(self, images: list[Image.Image], questions: list[str], max_new_tokens: int = 8) -> list[str]:
+        """The model's own greedy answers (one image and question at a time: no padding to get wrong)."""
+        replies = []
+        for image, question in zip(images, questions):
+            inputs = self.move_inputs(self._inputs([self._question_prompt(question)], [image]))
+            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            new_tokens = output[:, inputs["input_ids"].shape[1]:]
+            text = self.processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
+            replies.append(re.sub(r"^\s*<think>.*?</think>", "", text, flags=re.S).strip())
+        return replies
+
+    @classmethod
+    def save_tiny(cls, path: Path, seed: int = 0) -> None:
+        from ._tiny_glm4v import save_tiny_glm4v
+
+        save_tiny_glm4v(Path(path), seed)

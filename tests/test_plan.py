@@ -1,0 +1,67 @@
+"""Presets (the proposal's Qwen modifications) and `run --dry-run`: the plan, offline, loading nothing."""
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import spatialprobe as sp
+from spatialprobe.cli import app
+from spatialprobe.config import load_config, parse_config
+from spatialprobe.plan import params_from_name, plan, safetensors_params
+from spatialprobe.testing import save_tiny
+
+PHASE1 = Path(__file__).resolve().parents[1] / "configs" / "pivot4-phase1.yaml"
+
+
+@pytest.mark.parametrize("name,billions", [
+    ("Qwen/Qwen2.5-VL-7B-Instruct", 7.0), ("llava-hf/llava-v1.6-34b-hf", 34.0), ("OpenGVLab/InternVL2-8B-MPO", 8.0),
+    ("THUDM/cogvlm2-llama3-chat-19B", 19.0), ("Qwen/Qwen2.5-VL-3B", 3.0), ("org/model-0.5B", 0.5),
+    ("google/owlvit-base-patch32", None), ("facebook/dinov2-small", None)])
+def test_parameter_count_from_the_name(name, billions):
+    assert params_from_name(name) == billions
+
+
+def test_parameter_count_from_safetensors_headers(tmp_path):
+    folder = save_tiny("dinov2", tmp_path / "d")
+    model = sp.load_backbone("dinov2", str(folder)).model
+    exact = sum(t.numel() for t in model.state_dict().values()) / 1e9
+    assert safetensors_params(str(folder)) == pytest.approx(exact)
+
+
+def test_presets_set_stages_and_names():
+    models = parse_config({"models": [
+        {"name": "a", "family": "qwen2_5_vl", "path": "x", "preset": "mod_a"},
+        {"name": "b", "family": "qwen2_5_vl", "path": "x", "preset": "mod_b", "label": "Qwen2.5-VL-7B"}]}).models
+    assert models[0].stages == ["vision.block.-1"] and "Mod A: pre-merger" in models[0].label
+    assert models[1].stages == ["vision.*", "projector.*"] and models[1].label.startswith("Qwen2.5-VL-7B — Mod B")
+    with pytest.raises(sp.SpatialProbeError, match=r"models\[0\]: .*preset mod_a sets the stages itself"):
+        parse_config({"models": [{"name": "a", "family": "qwen2_5_vl", "preset": "mod_a", "stages": ["vision.embed"]}]})
+    with pytest.raises(sp.SpatialProbeError, match=r"models\[0\].preset: "):
+        parse_config({"models": [{"name": "a", "family": "qwen2_5_vl", "preset": "mod_c"}]})
+
+
+def test_mod_b_reads_the_vision_encoder_only(tmp_path):
+    qwen = sp.load_backbone("qwen2_5_vl", str(save_tiny("qwen2_5_vl", tmp_path / "q")))
+    stages = qwen.resolve_stages(parse_config({"models": [
+        {"name": "b", "family": "qwen2_5_vl", "preset": "mod_b"}]}).models[0].stages)
+    assert stages[-1] == "projector.out" and not any(s.startswith("llm.") for s in stages)
+
+
+def test_phase1_config_plans_offline():
+    config = load_config(PHASE1)
+    families = {m.family for m in config.models}
+    assert {"qwen2_5_vl", "llava_next", "internvl", "cogvlm2", "hybrid"} <= families
+    assert {m.preset for m in config.models} >= {"mod_a", "mod_b"}
+    planned = {(p.name, p.control): p for p in plan(config)}
+    qwen = planned[("qwen2.5-vl-7b", "none")]
+    assert qwen.params == 7.0 and qwen.memory_gb == pytest.approx(7.0 * 2 * 1.2)  # bfloat16 weights + margin
+    assert planned[("llava-next-34b", "none")].memory_gb == pytest.approx(34 * 0.5 * 1.2)  # 4-bit
+    assert planned[("qwen2.5-vl-7b-mod-a", "none")].stages == "vision.block.-1"
+    assert all(p.shards == 16 + 8 for p in planned.values())  # 1000 train + 500 test images in shards of 64
+
+
+def test_dry_run_command_lists_jobs_without_loading():
+    result = CliRunner().invoke(app, ["run", str(PHASE1), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    for expected in ("qwen2.5-vl-7b-mod-b", "cogvlm2-19b", "hybrid.concat", "extraction jobs", "estimated from the name"):
+        assert expected in result.output
