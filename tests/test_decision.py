@@ -95,3 +95,15 @@ def test_unavailable_metric_counts_as_missing():
     verdict = decide(results, {"a": STAGES})
     assert verdict.per_model[0].status("lpips") == "missing" and "lpips" in verdict.missing
     assert verdict.outcome == "One model exceeds all thresholds"
+
+
+def test_a_model_unmeasurable_at_its_judged_stage_does_not_exceed_thresholds():
+    # e.g. Kosmos-2's LLM layers hold only placeless queries: no dense probe, so no spatial_iou or bbox_iou
+    results = measured("a", 0.75) + [{**row("q", "lpips", 0.2, probe=None)}]
+    verdict = decide(results, {"a": STAGES, "q": STAGES})
+    assert verdict.outcome == "One model exceeds all thresholds" and verdict.models == ["a"]
+    assert "spatial_iou" in verdict.rests_on and "bbox_iou" in verdict.rests_on
+    assert any(r.startswith("q at llm.layer.1") and "spatial_iou, bbox_iou" in r and "not measured" in r
+               for r in verdict.reasons)
+    alone = decide([row("q", "lpips", 0.2, probe=None)], {"q": STAGES})
+    assert alone.outcome == "All models fail spatial threshold" and alone.models == []

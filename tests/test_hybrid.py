@@ -5,10 +5,10 @@ import torch
 from PIL import Image
 
 import spatialprobe as sp
-from spatialprobe.backbones.hybrid import overlap_weights, resample
+from spatialprobe.backbones.hybrid import resample
 from spatialprobe.config import parse_config
 from spatialprobe.data import generate_synthetic_shapes, load_coco
-from spatialprobe.features import TokenFeatures, grid_footprints
+from spatialprobe.features import TokenFeatures, grid_footprints, overlap_weights
 from spatialprobe.probes import run_spatial_probes
 from spatialprobe.runner import probe_split
 from spatialprobe.testing import save_tiny
@@ -109,3 +109,10 @@ def test_hybrid_config_is_validated():
         parse_config({"models": [{"name": "h", "family": "hybrid", "parts": [part, {**part, "family": "hybrid"}]}]})
     with pytest.raises(sp.SpatialProbeError, match=r"models\[0\].parts\[0\].stge: unknown key"):
         parse_config({"models": [{"name": "h", "family": "hybrid", "parts": [{**part, "stge": "x"}, part]}]})
+
+
+def test_finest_side_of_tiles_and_grids():
+    tiles = TokenFeatures(torch.zeros(1, 5, 1), torch.cat([torch.tensor([[0.0, 0.0, 1.0, 1.0]]), grid_footprints(2, 2)])[None])
+    assert tiles.finest_side() == 2 and on_grid(torch.zeros(3, 3, 1)).finest_side() == 3
+    with pytest.raises(ValueError, match="without spatial tokens"):
+        TokenFeatures(torch.zeros(1, 0, 4), torch.zeros(1, 0, 4)).on_raster(2)

@@ -73,3 +73,21 @@ def test_stage_patterns_and_negative_indices(tmp_path):
     assert qwen.resolve_stages(["llm.layer.-1", "vision.block.-1"]) == ["vision.block.3", "llm.layer.1"]
     with pytest.raises(sp.SpatialProbeError, match="has no stage 'detector.*'"):
         qwen.resolve_stages(["detector.*"])
+
+
+def test_remote_code_that_fails_is_one_line_naming_the_checkpoint(tmp_path):
+    # a checkpoint whose own code cannot run here (as old remote code may not under transformers 5)
+    import json
+
+    folder = save_tiny("dinov2", tmp_path / "d")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_broken.BrokenModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "modeling_broken.py").write_text("raise RuntimeError('needs a kernel this machine lacks')\n")
+    from transformers import AutoModel
+
+    backbone = sp.load_backbone("dinov2", str(folder), trust_remote_code=True)
+    with pytest.raises(sp.SpatialProbeError, match=r"dinov2: the own code of .* failed under transformers .*: "
+                                                   r"needs a kernel this machine lacks") as info:
+        backbone.load_model(AutoModel)
+    assert "\n" not in str(info.value)

@@ -85,7 +85,7 @@ class Verdict:
     models: list[str]  # the models the row names
     reasons: list[str]
     certain: bool
-    rests_on: list[str]  # criteria measured for every judged model
+    rests_on: list[str]  # criteria measured for at least one judged model
     missing: list[str]  # criteria no judged model has
     per_model: list[ModelVerdict]
 
@@ -162,8 +162,14 @@ def matrix_row(verdicts: list[ModelVerdict], config: DecisionConfig, optimistic:
     def ok(status: Status) -> bool:
         return status == "pass" or (optimistic and status == "uncertain")
 
+    # a criterion measured for any model counts for every model: one that lacks it (e.g. a stage with no
+    # spatial tokens has no spatial_iou) cannot be said to exceed it, and neither can one without the
+    # primary spatial criterion
+    required = {config.spatial_metric} | {j.criterion.metric for v in verdicts for j in v.judgements
+                                           if j.status != "missing"}
+
     def passes_all(v: ModelVerdict) -> bool:
-        return all(ok(j.status) for j in v.judgements if j.status != "missing")
+        return all(ok(j.status) for j in v.judgements if j.criterion.metric in required)
 
     winners = [v for v in verdicts if passes_all(v)]
     if len(winners) > 1:
@@ -204,9 +210,9 @@ def decide(results: list[dict], model_stages: dict[str, list[str]], config: Deci
     firm, hopeful = matrix_row(verdicts, config, optimistic=False), matrix_row(verdicts, config, optimistic=True)
     certain = firm[0] == hopeful[0] and firm[2] == hopeful[2]
     metrics = [c.metric for c in config.criteria]
-    rests_on = [m for m in metrics if verdicts and all(v.status(m) != "missing" for v in verdicts)]
     missing = [m for m in metrics if all(v.status(m) == "missing" for v in verdicts)]
-    reasons = [reason(v) for v in verdicts]
+    rests_on = [m for m in metrics if m not in missing]
+    reasons = [reason(v, rests_on) for v in verdicts]
     if not certain:
         uncertain = sorted({f"{v.model}: {j.criterion.metric}" for v in verdicts for j in v.judgements if j.status == "uncertain"})
         reasons.insert(0, f"uncertain: reading the uncertain criteria ({', '.join(uncertain)}) as passing would give "
@@ -216,7 +222,7 @@ def decide(results: list[dict], model_stages: dict[str, list[str]], config: Deci
     return Verdict(firm[0], firm[1], firm[2], reasons, certain, rests_on, missing, verdicts)
 
 
-def reason(v: ModelVerdict) -> str:
+def reason(v: ModelVerdict, measured_elsewhere: list[str] = ()) -> str:
     parts = []
     for j in v.judgements:
         if j.status == "missing":
@@ -225,4 +231,7 @@ def reason(v: ModelVerdict) -> str:
         sign = ">" if c.direction == "above" else "<"
         interval = f" [{j.ci[0]:.3f}, {j.ci[1]:.3f}]" if j.ci else ""
         parts.append(f"{c.metric} {j.value:.3f}{interval} {sign} {c.threshold:g}: {j.status}")
-    return f"{v.model} at {v.stage}: " + ("; ".join(parts) if parts else "no criterion measured")
+    lacking = [m for m in measured_elsewhere if v.status(m) == "missing"]
+    if lacking:
+        parts.append(f"{', '.join(lacking)} not measured at this stage, so it cannot exceed them")
+    return f"{v.model} at {v.stage}: " + "; ".join(parts)

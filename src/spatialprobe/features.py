@@ -49,6 +49,25 @@ class TokenFeatures:
             self.tokens[index], self.footprints[index], self.grid_shape, {k: v[index] for k, v in self.extra.items()}
         )
 
+    def finest_side(self) -> int:
+        """The side of the finest raster among the tokens (a grid's own; for tiles or levels, the finest cells)."""
+        if self.grid_shape:
+            return max(self.grid_shape)
+        widths = self.footprints[..., 2] - self.footprints[..., 0]
+        return int(round(1 / float(widths.min())))
+
+    def on_raster(self, side: int) -> "TokenFeatures":
+        """The tokens resampled onto a side x side raster of the whole image by footprint overlap: each cell
+        takes the area-weighted mean of the tokens covering it (tiles, levels and coarser grids alike)."""
+        if self.tokens.shape[1] == 0:
+            raise ValueError("a stage without spatial tokens cannot be put on a raster")
+        target = grid_footprints(side, side)
+        weights = overlap_weights(target.double(), self.footprints.double())
+        if (weights.sum(-1) == 0).any():
+            raise ValueError("the tokens' footprints do not cover the whole image")
+        tokens = (weights @ self.tokens.double()).float()
+        return TokenFeatures(tokens, target.expand(len(tokens), -1, -1).contiguous(), (side, side))
+
     @staticmethod
     def concat(parts: list["TokenFeatures"]) -> "TokenFeatures":
         """Join batches of the same stage along the batch dimension."""
@@ -69,3 +88,12 @@ def grid_footprints(rows: int, cols: int, region: tuple[float, float, float, flo
     gy, gx = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
     gy, gx = gy.reshape(-1), gx.reshape(-1)
     return torch.stack([xs[gx], ys[gy], xs[gx + 1], ys[gy + 1]], dim=-1).float()
+
+
+def overlap_weights(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Row-normalized overlap areas [B, T, S] between target footprints [T, 4] and source footprints [B, S, 4]."""
+    t, s = target[None, :, None, :], source[:, None, :, :]
+    width = (torch.minimum(t[..., 2], s[..., 2]) - torch.maximum(t[..., 0], s[..., 0])).clamp(min=0)
+    height = (torch.minimum(t[..., 3], s[..., 3]) - torch.maximum(t[..., 1], s[..., 1])).clamp(min=0)
+    area = width * height
+    return area / area.sum(-1, keepdim=True).clamp(min=1e-12)

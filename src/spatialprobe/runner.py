@@ -126,7 +126,7 @@ def open_backbone(run: ModelRun, config: RunConfig) -> Backbone:
     backbone = load_backbone(run.family, path or run.name, device=config.device, dtype=config.dtype, **options)
     if run.control == "random_init":
         # offset so the control never coincides with a checkpoint made by `save_tiny(seed=config.seed)`
-        randomize(backbone, seed=config.seed + RANDOM_INIT_SEED_OFFSET)
+        backbone.randomize_weights(seed=config.seed + RANDOM_INIT_SEED_OFFSET)
     backbone.label = model_label(run)
     if run.control == "random_init":
         backbone.label = f"{backbone.label} [random init]"
@@ -148,22 +148,6 @@ def model_label(run: ModelRun) -> str:
     return "raw pixels (control)" if run.control == "pixels" else f"{run.family}:{run.path}"
 
 
-def randomize(backbone: Backbone, seed: int) -> None:
-    """Replace the weights by a fresh random initialization of the same architecture (a control)."""
-    if hasattr(backbone, "parts"):  # a hybrid: every pathway gets fresh weights
-        for number, (part, _stage) in enumerate(backbone.parts.values()):
-            randomize(part, seed + number)
-        return
-    model = getattr(backbone, "model", None)
-    if model is None:
-        raise SpatialProbeError(f"{backbone.family} has no weights to randomize")
-    torch.manual_seed(seed)
-    # built directly on the target device and dtype: a float32 CPU copy of a 7B model would not fit
-    with torch.device(backbone.device):
-        fresh = type(model)._from_config(model.config, dtype=backbone.dtype)
-    backbone.model = fresh.eval()
-
-
 def image_batch(data, size: int = OUTPUT_SIZE) -> torch.Tensor:
     """All images of a split, whole and resized, as [n, 3, size, size] in [0, 1]."""
     from PIL import Image
@@ -175,14 +159,17 @@ def image_batch(data, size: int = OUTPUT_SIZE) -> torch.Tensor:
 
 def reconstruction_results(run: ModelRun, base: dict, stage: str, train_feats, test_feats, train_data, test_data,
                            config: RunConfig) -> Iterator[dict]:
-    if train_feats.grid_shape is None:
+    if train_feats.tokens.shape[1] == 0:  # placeless queries only: nothing to lay out as an image
         return
-    variants = [("none" if run.control == "none" else run.control, train_feats.grid(), test_feats.grid())]
-    for control, train_grid, test_grid in variants:
-        records = reconstruction_records(train_grid.float(), image_batch(train_data), test_grid.float(),
-                                         image_batch(test_data), config.bootstrap, config.seed)
-        for record in records:
-            yield {**base, "task": "reconstruction_probe", "control": control, "stage": stage, **record}
+    extra = {}
+    if train_feats.grid_shape is None:
+        # tiles, levels or a mosaic: resampled onto one raster by footprint overlap (no finer than the output)
+        side = min(train_feats.finest_side(), OUTPUT_SIZE)
+        train_feats, test_feats, extra = train_feats.on_raster(side), test_feats.on_raster(side), {"resampled_to": side}
+    control = "none" if run.control == "none" else run.control
+    for record in reconstruction_records(train_feats.grid().float(), image_batch(train_data), test_feats.grid().float(),
+                                         image_batch(test_data), config.bootstrap, config.seed):
+        yield {**base, "task": "reconstruction_probe", "control": control, "stage": stage, **extra, **record}
 
 
 def iter_results(run: ModelRun, label: str, train_feats, test_feats, train_data, test_data,

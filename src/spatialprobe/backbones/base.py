@@ -150,6 +150,21 @@ class Backbone:
             return loader.from_pretrained(path, **options)
         except (OSError, ValueError, ImportError) as err:
             raise SpatialProbeError(self._load_error(path, err)) from err
+        except Exception as err:
+            if not self.load_options.trust_remote_code:
+                raise
+            # the checkpoint's own code may not run under this transformers version: say so in one line
+            import transformers
+
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise SpatialProbeError(f"{self.family}: the own code of {path!r} failed under transformers "
+                                    f"{transformers.__version__}: {reason}") from err
+
+    @torch.inference_mode()
+    def greedy_reply(self, inputs: dict[str, Any], max_new_tokens: int, **generate_options) -> str:
+        """The model's own greedy continuation of one prompt, decoded without the prompt and special tokens."""
+        output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **generate_options)
+        return self.processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
 
     def _load_error(self, path: str, err: Exception) -> str:
         where = "local folder" if Path(path).exists() else "hub id or folder"
@@ -219,6 +234,10 @@ class Backbone:
                 parts[stage].append(got[stage])
         return {s: TokenFeatures.concat(p) for s, p in parts.items()}
 
+    def randomize_weights(self, seed: int) -> None:
+        """Replace the weights by a fresh random initialization of the same architecture (a control)."""
+        raise SpatialProbeError(f"{self.family} has no weights to randomize")
+
     def describe(self) -> dict[str, Any]:
         return {
             "family": self.family,
@@ -243,6 +262,14 @@ class HookedBackbone(Backbone):
     def prepare(self, images: list[Image.Image]) -> tuple[dict[str, Any], Any]:
         """Model inputs for a batch, and whatever layout facts `to_features` needs."""
         raise NotImplementedError
+
+    def randomize_weights(self, seed: int) -> None:
+        # copied in place: adapters keep references to the model's modules, which must stay valid
+        torch.manual_seed(seed)
+        with torch.device(self.device):
+            fresh = type(self.model)._from_config(self.model.config, dtype=self.dtype)
+        self.model.load_state_dict(fresh.state_dict())
+        del fresh
 
     def move_inputs(self, inputs) -> dict[str, Any]:
         """Processor outputs on the model's input device: floats in the model's dtype, ids as they are."""

@@ -104,7 +104,7 @@ class CogVLM2Backbone(HookedBackbone):
         refuse_without_remote_code(self.load_options.trust_remote_code, self.family, self.name_or_path)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.model = self._load_remote(AutoModelForCausalLM)
+        self.model = self.load_model(AutoModelForCausalLM)
         self.tokenizer = self.load_processor(AutoTokenizer)
         vision = self.model.config.vision_config
         self.resolution, self.patch = int(config_value(vision, "image_size")), int(config_value(vision, "patch_size"))
@@ -112,18 +112,6 @@ class CogVLM2Backbone(HookedBackbone):
             raise SpatialProbeError(f"{self.family}: the position table fixes the input at {self.resolution} px; "
                                     f"resolution {resolution} is not possible")
         self.side, self.merged_side = grid_sides(self.resolution, self.patch)
-
-    def _load_remote(self, loader) -> torch.nn.Module:
-        import transformers
-
-        try:
-            return self.load_model(loader)
-        except SpatialProbeError:
-            raise
-        except Exception as err:  # the checkpoint's own code may not run under this transformers version
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise SpatialProbeError(f"{self.family}: the own code of {self.name_or_path!r} failed under transformers "
-                                    f"{transformers.__version__}: {reason}") from err
 
     @property
     def vision(self) -> torch.nn.Module:

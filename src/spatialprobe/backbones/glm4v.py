@@ -147,9 +147,7 @@ class Glm4vBackbone(HookedBackbone):
         replies = []
         for image, question in zip(images, questions):
             inputs = self.move_inputs(self._inputs([self._question_prompt(question)], [image]))
-            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-            new_tokens = output[:, inputs["input_ids"].shape[1]:]
-            text = self.processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
+            text = self.greedy_reply(inputs, max_new_tokens)
             replies.append(re.sub(r"^\s*<think>.*?</think>", "", text, flags=re.S).strip())
         return replies
 

@@ -16,29 +16,16 @@ import torch
 from PIL import Image
 
 from ..errors import SpatialProbeError
-from ..features import TokenFeatures, grid_footprints
+from ..features import TokenFeatures
 from .base import Backbone
 
 
-def overlap_weights(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    """Row-normalized overlap areas [B, T, S] between target footprints [T, 4] and source footprints [B, S, 4]."""
-    t, s = target[None, :, None, :], source[:, None, :, :]
-    width = (torch.minimum(t[..., 2], s[..., 2]) - torch.maximum(t[..., 0], s[..., 0])).clamp(min=0)
-    height = (torch.minimum(t[..., 3], s[..., 3]) - torch.maximum(t[..., 1], s[..., 1])).clamp(min=0)
-    area = width * height
-    return area / area.sum(-1, keepdim=True).clamp(min=1e-12)
-
-
 def resample(feats: TokenFeatures, side: int) -> TokenFeatures:
-    """A stage's tokens on a side x side raster of the whole image, by footprint overlap."""
-    if feats.tokens.shape[1] == 0:
-        raise SpatialProbeError("a hybrid part must have tokens with a place in the image (not only queries)")
-    target = grid_footprints(side, side)
-    weights = overlap_weights(target.double(), feats.footprints.double())
-    if (weights.sum(-1) == 0).any():
-        raise SpatialProbeError("a hybrid part's tokens do not cover the whole image")
-    tokens = (weights @ feats.tokens.double()).float()
-    return TokenFeatures(tokens, target.expand(len(tokens), -1, -1).contiguous(), (side, side))
+    """A part's stage on the common raster (footprint-overlap mean), with the reason in the error."""
+    try:
+        return feats.on_raster(side)
+    except ValueError as err:
+        raise SpatialProbeError(f"hybrid part: {err}") from None
 
 
 class HybridBackbone(Backbone):
@@ -65,11 +52,7 @@ class HybridBackbone(Backbone):
     @staticmethod
     def _part_side(backbone: Backbone, stage: str) -> int:
         """The raster side of a part's stage, read from one blank image (tiles and levels: their finest)."""
-        feats = backbone.extract([Image.new("RGB", (64, 64))], stages=[stage])[stage]
-        if feats.grid_shape:
-            return max(feats.grid_shape)
-        widths = feats.footprints[0, :, 2] - feats.footprints[0, :, 0]
-        return int(round(1 / float(widths.min())))
+        return backbone.extract([Image.new("RGB", (64, 64))], stages=[stage])[stage].finest_side()
 
     @property
     def stages(self) -> list[str]:
@@ -91,6 +74,10 @@ class HybridBackbone(Backbone):
         first = next(iter(on_grid.values()))
         on_grid["hybrid.concat"] = first.with_tokens(joined)
         return {stage: on_grid[stage] for stage in stages}
+
+    def randomize_weights(self, seed: int) -> None:
+        for number, (part, _stage) in enumerate(self.parts.values()):
+            part.randomize_weights(seed + number)
 
     @classmethod
     def save_tiny(cls, path, seed: int = 0) -> None:

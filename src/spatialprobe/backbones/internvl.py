@@ -175,17 +175,9 @@ class InternVLBackbone(HookedBackbone):
         self.transposed_shuffle = False
 
     def _load_remote(self) -> None:
-        import transformers
         from transformers import AutoModel, AutoTokenizer
 
-        try:
-            self.model = self.load_model(AutoModel)
-        except SpatialProbeError:
-            raise
-        except Exception as err:  # the checkpoint's own code may not run under this transformers version
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise SpatialProbeError(f"{self.family}: the own code of {self.name_or_path!r} failed under transformers "
-                                    f"{transformers.__version__}: {reason}") from err
+        self.model = self.load_model(AutoModel)
         self.processor = self.load_processor(AutoTokenizer, use_fast=False)
         config = self.model.config
         self.patch = int(config.vision_config.patch_size)
@@ -324,9 +316,7 @@ class InternVLBackbone(HookedBackbone):
     def _answer_one(self, image: Image.Image, question: str, max_new_tokens: int) -> str:
         inputs = self._inputs([image], question)
         if not self.remote:
-            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-            new_tokens = output[:, inputs["input_ids"].shape[1]:]
-            return self.processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
+            return self.greedy_reply(inputs, max_new_tokens)
         # the remote generate embeds the prompt itself and returns only the new tokens
         separator = self._remote_template().sep
         output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,

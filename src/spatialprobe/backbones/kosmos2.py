@@ -106,8 +106,7 @@ class Kosmos2Backbone(HookedBackbone):
         replies = []
         for image, question in zip(images, questions):
             inputs = self.move_inputs(self._inputs([image], [QUESTION.format(question)]))
-            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
-            text = self.processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+            text = self.greedy_reply(inputs, max_new_tokens, num_beams=1)
             # the processor's own cleanup drops grounding markup (<phrase>, <patch_index_*>, ...)
             replies.append(self.processor.post_process_generation(text)[0].strip())
         return replies

@@ -213,9 +213,7 @@ class LlavaNextBackbone(HookedBackbone):
         replies = []
         for image, question in zip(images, questions):
             inputs = self.move_inputs(self.processor_inputs([image], [self.prompt_for(question)]))
-            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-            new_tokens = output[:, inputs["input_ids"].shape[1]:]
-            replies.append(self.processor.batch_decode(new_tokens, skip_special_tokens=True)[0])
+            replies.append(self.greedy_reply(inputs, max_new_tokens))
         return replies
 
     @classmethod

@@ -126,10 +126,7 @@ class Qwen25VLBackbone(HookedBackbone):
         for image, question in zip(images, questions):
             inputs = self.processor(text=[QUESTION.format(question)], images=resize_whole([image], self.resolution),
                                     return_tensors="pt", images_kwargs={"do_resize": False})
-            inputs = self.move_inputs(inputs)
-            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-            new_tokens = output[:, inputs["input_ids"].shape[1]:]
-            replies.append(self.processor.batch_decode(new_tokens, skip_special_tokens=True)[0])
+            replies.append(self.greedy_reply(self.move_inputs(inputs), max_new_tokens))
         return replies
 
     @classmethod
