@@ -13,6 +13,7 @@ import spatialprobe as sp
 from spatialprobe.backbones import cogvlm2
 from spatialprobe.backbones.cogvlm2 import (CogVLM2Backbone, Layout, grid_sides, split_boi_eoi, stage_names,
                                             vision_positions, vision_slot_count)
+from planting import forward_calls
 
 ENV = "SPATIALPROBE_COGVLM2_PATH"
 
@@ -169,12 +170,8 @@ def test_real_projector_out_is_what_the_llm_receives(cog):
 
 
 def test_real_vision_stages_never_run_the_llm(cog):
-    fired = []
-    handle = cog.model.model.layers[0].register_forward_hook(lambda *a: fired.append(1))
-    try:
+    with forward_calls(cog.model.model.layers[0]) as fired:
         cog.extract([plain()], stages=["vision.block.-1", "projector.out"])
-    finally:
-        handle.remove()
     assert fired == []
 
 

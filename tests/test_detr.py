@@ -6,6 +6,7 @@ from PIL import Image
 
 import spatialprobe as sp
 from spatialprobe.testing import save_tiny
+from planting import forward_calls
 
 SIZE = 256  # feature maps 64x64, 32x32, 16x16, 8x8 (strides 4, 8, 16, 32)
 STAGES = [*[f"vision.block.{i}" for i in range(4)], "projector.out", "detector.encoder.0", "detector.encoder.1"]
@@ -92,12 +93,8 @@ def test_projector_out_is_what_the_encoder_receives(detr):
 
 
 def test_backbone_stages_never_run_the_encoder(detr):
-    fired = []
-    handle = detr.model.model.encoder.layers[0].register_forward_hook(lambda *a: fired.append(1))
-    try:
+    with forward_calls(detr.model.model.encoder.layers[0]) as fired:
         detr.extract([plain()], stages=["vision.block.-1", "projector.out"])
-    finally:
-        handle.remove()
     assert fired == []
 
 

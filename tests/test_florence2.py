@@ -1,5 +1,4 @@
 """Florence-2 traced in full on a tiny random-initialized model of the real architecture (DaViT + BART)."""
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -7,6 +6,7 @@ from PIL import Image
 import spatialprobe as sp
 from spatialprobe.backbones.florence2 import TASK
 from spatialprobe.testing import save_tiny
+from planting import noise_square_image
 
 SIZE = 256  # DaViT grids 64, 32, 16, 8; the language encoder gets 1 global + 8x8 image tokens
 ENCODER_LAYERS = ["llm.layer.0", "llm.layer.1"]
@@ -22,11 +22,7 @@ def plain(colour=(60, 60, 60)):
 
 
 def planted(row, col, cell):
-    """A plain image with a bright noise square filling grid cell (row, col) of `cell` pixels."""
-    array = np.asarray(plain()).copy()
-    noise = np.random.default_rng(row * 31 + col).integers(150, 256, (cell, cell, 3))
-    array[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell] = noise
-    return Image.fromarray(array.astype(np.uint8))
+    return noise_square_image(SIZE, row, col, cell)
 
 
 def test_stages_shapes_and_footprints(florence):

@@ -1,5 +1,4 @@
 """GLM-4.1V (Glm4vForConditionalGeneration) traced in full on a tiny random-initialized model of the real architecture."""
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -7,6 +6,7 @@ from PIL import Image
 import spatialprobe as sp
 from spatialprobe.backbones.glm4v import PROMPT
 from spatialprobe.testing import save_tiny
+from planting import forward_calls, noise_square_image
 
 SIZE = 224  # 16x16 patches, 8x8 merged tokens; the tiny tower's position table is 8x8, so it is interpolated
 
@@ -21,11 +21,7 @@ def plain(colour=(60, 60, 60)):
 
 
 def planted(row, col, cell):
-    """A plain image with a bright noise square filling grid cell (row, col) of `cell` pixels."""
-    array = np.asarray(plain()).copy()
-    noise = np.random.default_rng(row * 31 + col).integers(150, 256, (cell, cell, 3))
-    array[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell] = noise
-    return Image.fromarray(array.astype(np.uint8))
+    return noise_square_image(SIZE, row, col, cell)
 
 
 def test_stages_shapes_and_footprints(glm):
@@ -114,12 +110,8 @@ def test_projector_out_is_what_the_llm_receives(glm):
 
 
 def test_vision_stages_never_run_the_llm(glm):
-    fired = []
-    handle = glm.model.model.language_model.layers[0].register_forward_hook(lambda *a: fired.append(1))
-    try:
+    with forward_calls(glm.model.model.language_model.layers[0]) as fired:
         glm.extract([plain()], stages=["vision.block.-1", "projector.out"])
-    finally:
-        handle.remove()
     assert fired == []
 
 

@@ -7,6 +7,7 @@ from PIL import Image
 import spatialprobe as sp
 from spatialprobe.backbones.grounding_dino import PROMPT, Level, level_footprints
 from spatialprobe.testing import save_tiny
+from planting import forward_calls
 
 SIZE = 128  # levels: 16x16 (stride 8), 8x8 (16), 4x4 (32) from Swin, 2x2 (64) from an extra stride-2 conv
 SIDES = [16, 8, 4, 2]
@@ -108,12 +109,8 @@ def test_levels_are_what_the_encoder_receives(dino):
 
 
 def test_backbone_stages_never_run_the_encoder(dino):
-    fired = []
-    handle = dino.model.model.encoder.layers[0].register_forward_hook(lambda *a: fired.append(1))
-    try:
+    with forward_calls(dino.model.model.encoder.layers[0]) as fired:
         dino.extract([plain()], stages=["vision.block.-1", "detector.level.-1"])
-    finally:
-        handle.remove()
     assert fired == []
 
 

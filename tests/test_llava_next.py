@@ -13,6 +13,7 @@ import spatialprobe as sp
 from spatialprobe.backbones._tiny_llava_next import PATCH, PINPOINTS, TILE
 from spatialprobe.backbones.llava_next import anyres_layout
 from spatialprobe.testing import save_tiny
+from planting import forward_calls
 
 SIZE = 112
 BASE = 16  # base-tile tokens come first at every stage
@@ -161,13 +162,9 @@ def test_projector_reads_the_penultimate_block_in_the_same_token_order(llava):
 
 
 def test_vision_stages_never_run_the_llm(llava):
-    fired = []
-    handle = llava.model.model.language_model.layers[0].register_forward_hook(lambda *a: fired.append(1))
-    try:
+    with forward_calls(llava.model.model.language_model.layers[0]) as fired:
         llava.extract([plain()], stages=["vision.block.-1"])
         llava.extract([plain()], stages=["vision.embed", "projector.out"])
-    finally:
-        handle.remove()
     assert fired == []
 
 

@@ -7,6 +7,7 @@ from PIL import Image
 import spatialprobe as sp
 from spatialprobe.backbones.vit import resize_whole
 from spatialprobe.testing import save_tiny
+from planting import forward_calls
 
 SIZE, CELL, SIDE = 64, 8, 8
 STAGES = ["vision.embed", "vision.block.0", "vision.block.1", "detector.image_embeds"]
@@ -78,12 +79,8 @@ def test_processor_only_normalizes(owl):
 
 
 def test_vision_stages_stop_before_the_detector(owl):
-    fired = []
-    handle = owl.model.layer_norm.register_forward_hook(lambda *a: fired.append(1))
-    try:
+    with forward_calls(owl.model.layer_norm) as fired:
         owl.extract([plain()], stages=["vision.block.-1"])
-    finally:
-        handle.remove()
     assert fired == []
 
 

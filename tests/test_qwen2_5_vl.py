@@ -1,5 +1,4 @@
 """Qwen2.5-VL traced in full on a tiny random-initialized model of the real architecture."""
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -7,6 +6,7 @@ from PIL import Image
 import spatialprobe as sp
 from spatialprobe.backbones.qwen2_5_vl import PROMPT, group_order_to_raster
 from spatialprobe.testing import save_tiny
+from planting import forward_calls, noise_square_image
 
 SIZE = 224  # 16x16 patches, 8x8 merged tokens, 16 attention windows of 2x2 merged tokens
 
@@ -21,11 +21,7 @@ def plain(colour=(60, 60, 60)):
 
 
 def planted(row, col, cell):
-    """A plain image with a bright noise square filling grid cell (row, col) of `cell` pixels."""
-    array = np.asarray(plain()).copy()
-    noise = np.random.default_rng(row * 31 + col).integers(150, 256, (cell, cell, 3))
-    array[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell] = noise
-    return Image.fromarray(array.astype(np.uint8))
+    return noise_square_image(SIZE, row, col, cell)
 
 
 def test_stages_shapes_and_footprints(qwen):
@@ -101,12 +97,8 @@ def test_projector_out_is_what_the_llm_receives(qwen):
 
 
 def test_vision_stages_never_run_the_llm(qwen):
-    fired = []
-    handle = qwen.model.model.language_model.layers[0].register_forward_hook(lambda *a: fired.append(1))
-    try:
+    with forward_calls(qwen.model.model.language_model.layers[0]) as fired:
         qwen.extract([plain()], stages=["vision.block.-1", "projector.out"])
-    finally:
-        handle.remove()
     assert fired == []
 
 
@@ -122,3 +114,10 @@ def test_bad_path_is_named(tmp_path):
 def test_resolution_must_fit_the_merge_grid(qwen, tmp_path):
     with pytest.raises(sp.SpatialProbeError, match="not a multiple of 28"):
         sp.load_backbone("qwen2_5_vl", qwen.name_or_path, resolution=230)
+
+
+def test_max_pixels_picks_the_largest_square_of_merge_cells(qwen):
+    backbone = sp.load_backbone("qwen2_5_vl", qwen.name_or_path, max_pixels=200_000)
+    assert backbone.resolution == 420 and backbone.preprocessing()["resolution"] == 420  # 447 px -> 15 cells of 28
+    with pytest.raises(sp.SpatialProbeError, match="resolution or max_pixels, not both"):
+        sp.load_backbone("qwen2_5_vl", qwen.name_or_path, resolution=224, max_pixels=50_176)

@@ -47,15 +47,20 @@ class Qwen25VLBackbone(HookedBackbone):
     weights_source = "hub id or folder (Qwen/Qwen2.5-VL-*-Instruct)"
     offline_test = "yes (tiny)"
 
-    def __init__(self, name_or_path: str, device: str = "cpu", dtype: str = "float32", resolution: int = 224,
-                 **load_options):
+    def __init__(self, name_or_path: str, device: str = "cpu", dtype: str = "float32", resolution: int | None = None,
+                 max_pixels: int | None = None, **load_options):
         super().__init__(name_or_path, device, dtype, **load_options)
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
+        if resolution and max_pixels:
+            raise SpatialProbeError(f"{self.family}: give resolution or max_pixels, not both")
         self.model = self.load_model(Qwen2_5_VLForConditionalGeneration)
         self.processor = self.load_processor(AutoProcessor)
         vision = self.model.config.vision_config
         self.patch, self.merge = int(vision.patch_size), int(vision.spatial_merge_size)
+        if max_pixels:  # Qwen's own budget: the largest square of whole 2x2 merge cells within it
+            resolution = int(max_pixels ** 0.5) // (self.patch * self.merge) * (self.patch * self.merge)
+        resolution = resolution or 224
         if resolution % (self.patch * self.merge):
             raise SpatialProbeError(f"{self.family}: resolution {resolution} is not a multiple of "
                                     f"{self.patch * self.merge} (patch size x merge size)")
