@@ -91,3 +91,14 @@ def test_remote_code_that_fails_is_one_line_naming_the_checkpoint(tmp_path):
                                                    r"needs a kernel this machine lacks") as info:
         backbone.load_model(AutoModel)
     assert "\n" not in str(info.value)
+
+
+def test_device_map_without_accelerate_names_the_missing_package(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is not None:
+        pytest.skip("accelerate is installed here: device_map loads")
+    folder = save_tiny("dinov2", tmp_path / "d")
+    with pytest.raises(sp.SpatialProbeError, match=r"cannot load dinov2 model .*requires `accelerate`") as info:
+        sp.load_backbone("dinov2", str(folder), device_map="auto")
+    assert "\n" not in str(info.value)
