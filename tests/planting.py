@@ -23,3 +23,21 @@ def forward_calls(module: torch.nn.Module):
         yield calls
     finally:
         handle.remove()
+
+
+def assert_peaks_in_planted_cells(backbone, plants: list[tuple[int, int]], cells_per_side: int, size: int) -> None:
+    """Plant a noise square in grid cell (row, col) of each image (cells_per_side x cells_per_side cells of a
+    `size`-px image); at every stage, the token that changes most must lie inside its image's planted cell."""
+    cell_px = size // cells_per_side
+    images = [noise_square_image(size, row, col, cell_px) for row, col in plants]
+    marked = backbone.extract(images)
+    base = backbone.extract([Image.new("RGB", (size, size), (60, 60, 60))] * len(images))
+    for stage in backbone.stages:
+        change = (marked[stage].tokens - base[stage].tokens).norm(dim=-1)  # [B, N]
+        for image, (row, col) in enumerate(plants):
+            found = int(change[image].argmax())
+            footprint = marked[stage].footprints[image, found]
+            cell = torch.tensor([col, row, col + 1, row + 1]) / cells_per_side
+            inside = bool((footprint[:2] >= cell[:2] - 1e-6).all() and (footprint[2:] <= cell[2:] + 1e-6).all())
+            assert inside, (f"{stage} image {image}: change peaks at token {found} {footprint.tolist()}, "
+                            f"planted in cell {(row, col)} of {cells_per_side}x{cells_per_side}")

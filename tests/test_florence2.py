@@ -6,7 +6,7 @@ from PIL import Image
 import spatialprobe as sp
 from spatialprobe.backbones.florence2 import TASK
 from spatialprobe.testing import save_tiny
-from planting import noise_square_image
+from planting import assert_peaks_in_planted_cells, noise_square_image
 
 SIZE = 256  # DaViT grids 64, 32, 16, 8; the language encoder gets 1 global + 8x8 image tokens
 ENCODER_LAYERS = ["llm.layer.0", "llm.layer.1"]
@@ -62,18 +62,7 @@ PLANTS = [[(0, 2), (3, 1)], [(1, 3), (2, 0)]]
 
 @pytest.mark.parametrize("plants", PLANTS)
 def test_planted_patch_is_found_in_its_token_at_every_stage(florence, plants):
-    images = [planted(r, c, 64) for r, c in plants]
-    marked = florence.extract(images)
-    base = florence.extract([plain()] * len(images))
-    for stage in florence.stages:
-        change = (marked[stage].tokens - base[stage].tokens).norm(dim=-1)  # [B, N]
-        side = marked[stage].grid_shape[0]
-        for image, (row, col) in enumerate(plants):
-            found = change[image].argmax().item()
-            footprint = marked[stage].footprints[image, found]
-            cell = torch.tensor([col, row, col + 1, row + 1]) / 4
-            inside = (footprint[:2] >= cell[:2] - 1e-6).all() and (footprint[2:] <= cell[2:] + 1e-6).all()
-            assert inside, f"{stage} image {image}: change peaks at {divmod(found, side)}, planted at {(row, col)}/4"
+    assert_peaks_in_planted_cells(florence, plants, cells_per_side=4, size=SIZE)
 
 
 def test_projector_out_is_what_the_language_encoder_receives(florence):

@@ -6,7 +6,7 @@ from PIL import Image
 import spatialprobe as sp
 from spatialprobe.backbones.glm4v import PROMPT
 from spatialprobe.testing import save_tiny
-from planting import forward_calls, noise_square_image
+from planting import assert_peaks_in_planted_cells, forward_calls, noise_square_image
 
 SIZE = 224  # 16x16 patches, 8x8 merged tokens; the tiny tower's position table is 8x8, so it is interpolated
 
@@ -55,19 +55,7 @@ PLANTS = [[(0, 2), (5, 1)], [(3, 6), (6, 3)]]
 
 @pytest.mark.parametrize("plants", PLANTS)
 def test_planted_patch_is_found_in_its_token_at_every_stage(glm, plants):
-    images = [planted(r, c, 28) for r, c in plants]
-    marked = glm.extract(images)
-    base = glm.extract([plain()] * len(images))
-    for stage in glm.stages:
-        change = (marked[stage].tokens - base[stage].tokens).norm(dim=-1)  # [B, N]
-        side = marked[stage].grid_shape[0]
-        for image, (row, col) in enumerate(plants):
-            found = change[image].argmax().item()
-            footprint = marked[stage].footprints[image, found]
-            # the token found must be one whose footprint lies inside the planted 28x28 cell
-            cell = torch.tensor([col, row, col + 1, row + 1]) / 8
-            inside = (footprint[:2] >= cell[:2] - 1e-6).all() and (footprint[2:] <= cell[2:] + 1e-6).all()
-            assert inside, f"{stage} image {image}: change peaks at token {divmod(found, side)}, planted at merged {(row, col)}"
+    assert_peaks_in_planted_cells(glm, plants, cells_per_side=8, size=SIZE)
 
 
 def test_planted_single_patch_at_patch_stages(glm):

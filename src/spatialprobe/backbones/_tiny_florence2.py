@@ -5,6 +5,8 @@ from pathlib import Path
 
 import torch
 
+from ._tiny_tokenizer import word_level_tokenizer
+
 # BART's special tokens keep their usual ids (<s>=0, <pad>=1, </s>=2, <unk>=3); Florence2Processor needs
 # the tokenizer's `image_token`. The <loc_*> tokens only matter to the detection post-processor: left out.
 SPECIAL = ["<s>", "<pad>", "</s>", "<unk>", "<image>"]
@@ -14,16 +16,8 @@ TINY_RESOLUTION = 256  # DaViT grids 64, 32, 16, 8: the language encoder sees 1 
 
 
 def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(dict.fromkeys(SPECIAL + WORDS))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    backend.add_special_tokens(SPECIAL)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", pad_token="<pad>", eos_token="</s>",
-                                        unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
-    return tokenizer, vocab
+    return word_level_tokenizer(SPECIAL, WORDS, unk="<unk>", bos_token="<s>", pad_token="<pad>", eos_token="</s>",
+                                extra_special_tokens={"image_token": "<image>"})
 
 
 def tiny_config(vocab: dict[str, int]):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from ._tiny_tokenizer import word_level_tokenizer
+
 SPECIAL = ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|begin_of_image|>",
            "<|end_of_image|>", "<|image|>", "<|begin_of_video|>", "<|end_of_video|>", "<|video|>"]
 WORDS = ["Describe", "the", "image", ".", "What", "colour", "shape", "is", "a", "?", "red", "green", "blue", "circle",
@@ -13,16 +15,7 @@ WORDS = ["Describe", "the", "image", ".", "What", "colour", "shape", "is", "a", 
 
 
 def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(SPECIAL + WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    backend.add_special_tokens(SPECIAL)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>",
-                                        pad_token="<|endoftext|>", unk_token="[UNK]")
-    return tokenizer, vocab
+    return word_level_tokenizer(SPECIAL, WORDS, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
 def tiny_config(vocab: dict[str, int]):

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import torch
 
+from ._tiny_tokenizer import word_level_tokenizer
+
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
 WORDS = ["user", "assistant", "system", "Describe", "the", "image", ".", "What", "colour", "shape", "is", "a",
          "red", "green", "blue", "circle", "square", "triangle", "yes", "no", "\n", "[UNK]"]
@@ -13,18 +15,10 @@ TOKENS_PER_TILE = (TILE // 14 // 2) ** 2
 
 
 def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(SPECIAL + WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    backend.add_special_tokens(SPECIAL)
-    # InternVLProcessor reads these named tokens (and their ids) from the tokenizer, as in the -hf checkpoints
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        unk_token="[UNK]", start_image_token="<img>", end_image_token="</img>",
-                                        context_image_token="<IMG_CONTEXT>", video_token="<video>")
-    return tokenizer, vocab
+    return word_level_tokenizer(
+        SPECIAL, WORDS, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        # InternVLProcessor reads these named tokens (and their ids) from the tokenizer, as in the -hf checkpoints
+        start_image_token="<img>", end_image_token="</img>", context_image_token="<IMG_CONTEXT>", video_token="<video>")
 
 
 def tiny_config(vocab: dict[str, int]):

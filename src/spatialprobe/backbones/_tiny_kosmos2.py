@@ -5,6 +5,8 @@ from pathlib import Path
 
 import torch
 
+from ._tiny_tokenizer import word_level_tokenizer
+
 # XLM-R style ids (<s>=0, <pad>=1, </s>=2, <unk>=3); Kosmos2Processor adds its tag tokens (<image>, <grounding>,
 # <phrase>, ...) and the <patch_index_*> tokens itself, and writes the 64 image placeholders as the ids right
 # after <unk> (so the vocabulary must reach past <unk> + 64)
@@ -17,15 +19,9 @@ TINY_RESOLUTION = 56  # a 4x4 patch grid
 
 
 def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(SPECIAL + WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    backend.add_special_tokens(SPECIAL)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", pad_token="<pad>", eos_token="</s>",
-                                   unk_token="<unk>")
+    tokenizer, _ = word_level_tokenizer(SPECIAL, WORDS, unk="<unk>", bos_token="<s>", pad_token="<pad>",
+                                        eos_token="</s>")
+    return tokenizer
 
 
 def tiny_config(vocab_size: int):

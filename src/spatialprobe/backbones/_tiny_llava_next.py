@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ._tiny_tokenizer import word_level_tokenizer
+
 TILE, PATCH = 56, 14
 PINPOINTS = [[TILE, 2 * TILE], [2 * TILE, TILE], [2 * TILE, 2 * TILE]]
 SPECIAL = ["<s>", "</s>", "<pad>", "<image>"]
@@ -25,16 +27,7 @@ CHAT_TEMPLATE = (
 
 
 def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(SPECIAL + WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    backend.add_special_tokens(SPECIAL)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
-                                        pad_token="<pad>", unk_token="[UNK]")
-    return tokenizer, vocab
+    return word_level_tokenizer(SPECIAL, WORDS, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
 def tiny_config(vocab: dict[str, int]):

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import torch
 
+from ._tiny_tokenizer import word_level_tokenizer
+
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
            "<|image_pad|>", "<|video_pad|>"]
 WORDS = ["user", "assistant", "system", "Describe", "the", "image", ".", "What", "colour", "shape", "is", "a",
@@ -12,15 +14,7 @@ WORDS = ["user", "assistant", "system", "Describe", "the", "image", ".", "What",
 
 
 def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(SPECIAL + WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    backend.add_special_tokens(SPECIAL)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   unk_token="[UNK]"), vocab
+    return word_level_tokenizer(SPECIAL, WORDS, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
 def tiny_config(vocab: dict[str, int]):
