@@ -27,7 +27,7 @@ from PIL import Image
 from ..errors import SpatialProbeError
 from ..features import TokenFeatures, grid_footprints
 from .base import HookedBackbone
-from .vit import resize_whole
+from .vit import resize_whole, whole_image_preprocessing
 
 TASK = "<CAPTION>"  # the processor expands it to "What does the image describe?"
 
@@ -90,11 +90,8 @@ class Florence2Backbone(HookedBackbone):
 
     def preprocessing(self) -> dict[str, Any]:
         image_processor = self.processor.image_processor
-        return {"resize": "whole image, bicubic, no crop", "resolution": self.resolution,
-                "image_tokens": f"1 global + {self.side}x{self.side}", "prompt": TASK,
-                "prompt_text": self.processor._construct_prompts(TASK)[0],
-                "image_mean": list(map(float, image_processor.image_mean)),
-                "image_std": list(map(float, image_processor.image_std))}
+        return whole_image_preprocessing(image_processor, self.resolution, image_tokens=f"1 global + {self.side}x{self.side}", prompt=TASK,
+                prompt_text=self.processor._construct_prompts(TASK)[0])
 
     def _inputs(self, images: list[Image.Image], prompts: list[str]) -> dict[str, Any]:
         return self.processor(text=prompts, images=resize_whole(images, self.resolution), return_tensors="pt",

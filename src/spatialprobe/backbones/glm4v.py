@@ -30,7 +30,7 @@ from ..errors import SpatialProbeError
 from ..features import TokenFeatures, grid_footprints
 from .base import HookedBackbone
 from .qwen2_5_vl import group_order_to_raster
-from .vit import resize_whole
+from .vit import resize_whole, whole_image_preprocessing
 
 # GLM-4.1V's chat format (zai-org/GLM-4.1V-9B-Thinking: [gMASK]<sop><|user|>\n<|begin_of_image|>...)
 PROMPT = "[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>Describe the image.<|assistant|>\n"
@@ -95,10 +95,8 @@ class Glm4vBackbone(HookedBackbone):
 
     def preprocessing(self) -> dict[str, Any]:
         image_processor = self.processor.image_processor
-        return {"resize": "whole image, bicubic, no crop", "resolution": self.resolution, "patch_size": self.patch,
-                "merge_size": self.merge, "prompt": PROMPT,
-                "image_mean": list(map(float, image_processor.image_mean)),
-                "image_std": list(map(float, image_processor.image_std))}
+        return whole_image_preprocessing(image_processor, self.resolution, patch_size=self.patch,
+                merge_size=self.merge, prompt=PROMPT)
 
     def _inputs(self, prompts: list[str], images: list[Image.Image]):
         # the images arrive at the working size already: the processor only rescales, normalizes, patchifies

@@ -25,7 +25,7 @@ from PIL import Image
 from ..errors import SpatialProbeError
 from ..features import TokenFeatures, grid_footprints
 from .base import HookedBackbone
-from .vit import resize_whole
+from .vit import resize_whole, whole_image_preprocessing
 
 PROMPT = "<grounding> An image of"  # the model card's captioning prompt
 QUESTION = "Question: {} Answer:"  # Kosmos-2's zero-shot VQA format
@@ -71,10 +71,8 @@ class Kosmos2Backbone(HookedBackbone):
 
     def preprocessing(self) -> dict[str, Any]:
         image_processor = self.processor.image_processor
-        return {"resize": "whole image, bicubic, no crop", "resolution": self.resolution, "patch_size": self.patch,
-                "latent_queries": self.queries, "prompt": PROMPT,
-                "image_mean": list(map(float, image_processor.image_mean)),
-                "image_std": list(map(float, image_processor.image_std))}
+        return whole_image_preprocessing(image_processor, self.resolution, patch_size=self.patch,
+                latent_queries=self.queries, prompt=PROMPT)
 
     def _inputs(self, images: list[Image.Image], texts: list[str]) -> dict[str, Any]:
         return self.processor(text=texts, images=resize_whole(images, self.resolution), return_tensors="pt",

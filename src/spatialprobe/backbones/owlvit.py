@@ -24,7 +24,7 @@ from PIL import Image
 from ..errors import SpatialProbeError
 from ..features import TokenFeatures, grid_footprints
 from .base import HookedBackbone
-from .vit import resize_whole
+from .vit import resize_whole, whole_image_preprocessing
 
 
 class _OwlBackbone(HookedBackbone):
@@ -61,10 +61,8 @@ class _OwlBackbone(HookedBackbone):
         return stages
 
     def preprocessing(self) -> dict[str, Any]:
-        return {"resize": "whole image, bicubic, no crop", "resolution": self.resolution, "patch_size": self.patch,
-                "interpolate_pos_encoding": self.interpolates(),
-                "image_mean": list(map(float, self.processor.image_mean)),
-                "image_std": list(map(float, self.processor.image_std))}
+        return whole_image_preprocessing(self.processor, self.resolution, patch_size=self.patch,
+                interpolate_pos_encoding=self.interpolates())
 
     def interpolates(self) -> bool:
         return self.resolution != self.native_resolution

@@ -19,7 +19,7 @@ from PIL import Image
 from ..errors import SpatialProbeError
 from ..features import TokenFeatures, grid_footprints
 from .base import HookedBackbone
-from .vit import resize_whole
+from .vit import resize_whole, whole_image_preprocessing
 
 PROMPT = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>\n<|im_start|>assistant\n"
 QUESTION = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n<|im_start|>assistant\n"
@@ -81,10 +81,8 @@ class Qwen25VLBackbone(HookedBackbone):
 
     def preprocessing(self) -> dict[str, Any]:
         image_processor = self.processor.image_processor
-        return {"resize": "whole image, bicubic, no crop", "resolution": self.resolution, "patch_size": self.patch,
-                "merge_size": self.merge, "prompt": PROMPT,
-                "image_mean": list(map(float, image_processor.image_mean)),
-                "image_std": list(map(float, image_processor.image_std))}
+        return whole_image_preprocessing(image_processor, self.resolution, patch_size=self.patch,
+                merge_size=self.merge, prompt=PROMPT)
 
     def prepare(self, images: list[Image.Image]) -> tuple[dict[str, Any], Layout]:
         from transformers.vision_utils import get_vision_window_index

@@ -31,6 +31,14 @@ def resize_whole(images: list[Image.Image], size: int) -> list[Image.Image]:
     return [im.convert("RGB").resize((size, size), Image.BICUBIC) for im in images]
 
 
+def whole_image_preprocessing(image_processor, resolution: int, **facts) -> dict[str, Any]:
+    """What changes the features of a family that resizes whole images: the size, the normalization and
+    the family's own facts (patch size, prompt, tiling...). Goes into cache keys and manifests."""
+    return {"resize": "whole image, bicubic, no crop", "resolution": resolution, **facts,
+            "image_mean": list(map(float, image_processor.image_mean)),
+            "image_std": list(map(float, image_processor.image_std))}
+
+
 class VitTowerBackbone(HookedBackbone):
     """A ViT whose sequence is [special tokens..., patch tokens in raster order]."""
 
@@ -70,13 +78,7 @@ class VitTowerBackbone(HookedBackbone):
         return stages
 
     def preprocessing(self) -> dict[str, Any]:
-        return {
-            "resize": "whole image, bicubic, no crop",
-            "resolution": self.resolution,
-            "patch_size": self.patch,
-            "image_mean": list(map(float, self.processor.image_mean)),
-            "image_std": list(map(float, self.processor.image_std)),
-        }
+        return whole_image_preprocessing(self.processor, self.resolution, patch_size=self.patch)
 
     def prepare(self, images: list[Image.Image]) -> tuple[dict[str, Any], None]:
         options = {"do_resize": False, "return_tensors": "pt"}

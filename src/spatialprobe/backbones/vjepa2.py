@@ -23,7 +23,7 @@ from PIL import Image
 from ..errors import SpatialProbeError
 from ..features import TokenFeatures, grid_footprints
 from .base import HookedBackbone
-from .vit import resize_whole
+from .vit import resize_whole, whole_image_preprocessing
 
 
 class VJepa2Backbone(HookedBackbone):
@@ -56,10 +56,8 @@ class VJepa2Backbone(HookedBackbone):
         return stages
 
     def preprocessing(self) -> dict[str, Any]:
-        return {"resize": "whole image, bicubic, no crop", "resolution": self.resolution, "patch_size": self.patch,
-                "clip": f"the image repeated {self.frames} frames (tubelet_size): one temporal token slot",
-                "image_mean": list(map(float, self.processor.image_mean)),
-                "image_std": list(map(float, self.processor.image_std))}
+        return whole_image_preprocessing(self.processor, self.resolution, patch_size=self.patch,
+                clip=f"the image repeated {self.frames} frames (tubelet_size): one temporal token slot")
 
     def prepare(self, images: list[Image.Image]) -> tuple[dict[str, Any], None]:
         clips = [np.stack([np.asarray(image)] * self.frames) for image in resize_whole(images, self.resolution)]
