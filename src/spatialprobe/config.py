@@ -116,7 +116,7 @@ class ModelConfig(LoadConfig):
         return self
 
     def load_options(self) -> dict:
-        return LoadConfig.model_validate(self.model_dump(include=set(LoadConfig.model_fields))).model_dump()
+        return self.model_dump(include=set(LoadConfig.model_fields))
 
 
 class ControlsConfig(Strict):

@@ -7,9 +7,11 @@ are on disk, else from the parameter count in the model's name (e.g. "7B"), and 
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from .config import RunConfig
@@ -44,6 +46,7 @@ def local_config(path: str) -> dict | None:
     return json.loads((folder / "config.json").read_text())
 
 
+@lru_cache(maxsize=None)  # asked for config.json and for weight headers, per model and control: look once
 def cached_snapshot(repo_id: str) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
@@ -63,12 +66,7 @@ def safetensors_params(path: str) -> float | None:
     for file in files:
         with open(file, "rb") as handle:
             header = json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
-        for name, entry in header.items():
-            if name != "__metadata__":
-                count = 1
-                for dim in entry["shape"]:
-                    count *= dim
-                total += count
+        total += sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
     return total / 1e9
 
 
@@ -119,10 +117,11 @@ def plan(config: RunConfig, trust_remote_code: bool = False) -> list[PlannedMode
                 params, source = sum(by_name), "estimated from the name"
         width = run.load.get("quantization") or config.dtype
         memory = params * BYTES_PER_WEIGHT[width] * OVERHEAD if params is not None else None
-        stages = stage_summary(local_config(run.path) if run.path and not run.parts else None, run.stages)
         if run.family == "pixels":
             stages, memory = "vision.embed (raw patch pixels)", 0.0
-        if run.parts:
+        elif run.parts:
             stages = ", ".join(f"hybrid.{p['name']} ({p['family']} {p['stage']})" for p in run.parts) + ", hybrid.concat"
+        else:
+            stages = stage_summary(local_config(run.path) if run.path else None, run.stages)
         planned.append(PlannedModel(run.name, run.family, run.control, stages, params, source, memory, shards))
     return planned

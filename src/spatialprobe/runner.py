@@ -92,10 +92,11 @@ def model_runs(config: RunConfig, trust_remote_code: bool = False) -> list[Model
     runs = []
     if config.controls.pixels:
         runs.append(ModelRun("pixels", "pixels", "pixels", None, None, {"resolution": config.controls.pixels_resolution}, "pixels"))
+    allowed = {"trust_remote_code": True} if trust_remote_code else {}  # the command line's permission
     for m in config.models:
         stages = None if m.stages == "all" else list(m.stages)
-        load = m.load_options() | ({"trust_remote_code": True} if trust_remote_code else {})
-        parts = [p.model_dump() | ({"trust_remote_code": True} if trust_remote_code else {}) for p in m.parts or []] or None
+        load = m.load_options() | allowed
+        parts = [p.model_dump() | allowed for p in m.parts or []] or None
         runs.append(ModelRun(m.name, m.family, m.path, m.label, stages, dict(m.options), "none", load, parts))
         if m.random_init_control:
             runs.append(ModelRun(f"{m.name} [random init]", m.family, m.path, None, stages, dict(m.options),

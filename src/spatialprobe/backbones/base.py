@@ -79,15 +79,14 @@ class LoadOptions:
 def bitsandbytes_config(family: str, quantization: str):
     import importlib.util
 
-    import torch as _torch
     from transformers import BitsAndBytesConfig
 
-    if importlib.util.find_spec("bitsandbytes") is None or not _torch.cuda.is_available():
+    if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
         raise SpatialProbeError(f"{family}: quantization {quantization!r} needs a CUDA GPU and bitsandbytes "
                                 "(pip install bitsandbytes); drop `quantization` to load unquantized")
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=_torch.bfloat16)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
 
 
 _REMOTE_CODE_WARNED: set[str] = set()
@@ -99,6 +98,11 @@ def warn_remote_code(family: str, name_or_path: str) -> None:
         _REMOTE_CODE_WARNED.add(name_or_path)
         warnings.warn(f"{family}: running the remote code shipped with {name_or_path!r} (trust_remote_code=True)",
                       stacklevel=3)
+
+
+def first_line(err: Exception) -> str:
+    """An error's first line (its type when it has no message), short enough for a one-line report."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def first_tensor(output: Any) -> torch.Tensor:
@@ -156,9 +160,8 @@ class Backbone:
             # the checkpoint's own code may not run under this transformers version: say so in one line
             import transformers
 
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             raise SpatialProbeError(f"{self.family}: the own code of {path!r} failed under transformers "
-                                    f"{transformers.__version__}: {reason}") from err
+                                    f"{transformers.__version__}: {first_line(err)}") from err
 
     @torch.inference_mode()
     def greedy_reply(self, inputs: dict[str, Any], max_new_tokens: int, **generate_options) -> str:
@@ -168,13 +171,12 @@ class Backbone:
 
     def _load_error(self, path: str, err: Exception) -> str:
         where = "local folder" if Path(path).exists() else "hub id or folder"
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         hint = ""
         if "safetensors" in str(err) and not self.load_options.allow_pickle:
             hint = " (only pickle weights? set allow_pickle: true if you trust the checkpoint)"
         elif "trust_remote_code" in str(err) and not self.load_options.trust_remote_code:
             hint = " (this checkpoint needs its own code: pass --trust-remote-code if you trust it)"
-        return f"cannot load {self.family} model from {where} {path!r}: {reason}{hint}"
+        return f"cannot load {self.family} model from {where} {path!r}: {first_line(err)}{hint}"
 
     # --- what an adapter provides -------------------------------------------------------------
     @property
