@@ -1,4 +1,7 @@
 """The feature cache: round trip, atomicity, corrupt and truncated entries detected and rebuilt."""
+import os
+
+import pytest
 import torch
 
 from spatialprobe.cache import FeatureCache, cache_key
@@ -52,3 +55,50 @@ def test_entry_under_wrong_key_is_rejected(tmp_path):
     cache.save("ef" * 32, feats())
     cache.path("ef" * 32).rename(cache.path("ef" + "00" * 31))
     assert cache.load("ef" + "00" * 31) is None
+
+
+def rewrite_metadata(path, **changes):
+    """Edit a cache file's metadata in place, leaving its tensors (and stored checksum) as they are."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(path, framework="pt") as handle:
+        meta = handle.metadata()
+    save_file(load_file(path), path, metadata={**meta, **changes})
+
+
+def test_edited_grid_shape_is_detected_and_dropped(tmp_path):
+    cache, key = FeatureCache(tmp_path), "12" * 32
+    cache.save(key, feats())
+    rewrite_metadata(cache.path(key), grid_shape="[1, 4]")  # still N == H * W: only the checksum can tell
+    assert cache.load(key) is None
+    assert not cache.path(key).exists() and cache.rebuilt == [key]
+
+
+def test_metadata_rewritten_unchanged_still_loads(tmp_path):
+    cache, key = FeatureCache(tmp_path), "34" * 32
+    cache.save(key, feats())
+    rewrite_metadata(cache.path(key))
+    assert cache.load(key).grid_shape == (2, 2)
+
+
+def test_entry_of_another_format_is_a_miss(tmp_path, monkeypatch):
+    from spatialprobe import cache as cache_module
+
+    cache, key = FeatureCache(tmp_path), "56" * 32
+    monkeypatch.setattr(cache_module, "FORMAT", "spatialprobe-features-v0")
+    cache.save(key, feats())
+    monkeypatch.undo()
+    assert cache.load(key) is None
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_cache_files_honour_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        cache, key = FeatureCache(tmp_path / "features"), "78" * 32
+        cache.save(key, feats())
+    finally:
+        os.umask(previous)
+    assert cache.path(key).stat().st_mode & 0o777 == 0o666 & ~umask  # mkstemp alone gives 0600
+    assert cache.path(key).parent.stat().st_mode & 0o777 == 0o777 & ~umask

