@@ -1,13 +1,22 @@
 """Run configs: YAML (safe_load) validated by pydantic, errors named by file and field."""
 from __future__ import annotations
 
+import difflib
+import inspect
+import re
+import types
+import typing
+from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, ValidationError, create_model, field_validator,
+                      model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from .backbones import FAMILIES
+from . import decision as decision_rules
+from .backbones import FAMILIES, backbone_class
 from .decision import DecisionConfig
 from .errors import SpatialProbeError
 
@@ -16,6 +25,120 @@ PROBES = ("linear", "pooled", "dense")
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def did_you_mean(word: str, candidates) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def errors_at(errors: list[tuple[tuple, str]]) -> ValidationError:
+    """Validation errors at locations relative to the model being validated; pydantic prefixes the
+    enclosing locations, so parse_config names e.g. models[1].options.resolution."""
+    # the message goes in as context, not as the template: braces in a user's name stay literal
+    return ValidationError.from_exception_data("config", [
+        InitErrorDetails(type=PydanticCustomError("config", "{message}", {"message": message}), loc=loc, input=None)
+        for loc, message in errors])
+
+
+def single_line(text: str) -> str:
+    """Names and labels appear in folder names, tables, plots and logs: printable text on one line."""
+    if not text.strip():
+        raise ValueError("must not be empty")
+    if not text.isprintable():
+        raise ValueError(f"{text!r} has a line break or control character; use printable text on one line")
+    return text
+
+
+def safe_run_dir_name(name: str) -> str:
+    """`name` as one folder name inside runs/: characters other than letters, digits, '.', '_' and '-'
+    become '-', and leading dots and dashes go, so no name (`../../x` -> `x`) reaches outside runs/."""
+    safe = re.sub(r"[^\w.-]+", "-", name).lstrip(".-")[:100]
+    return safe or "run"
+
+
+#: a device string torch understands and spatialprobe supports (preflight checks that it exists)
+DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+
+
+def known_device(device: str) -> str:
+    if not DEVICE.fullmatch(device):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps")
+    return device
+
+
+def known_weights_path(path: str) -> str:
+    """`installed:<name>` must name weights that `spatialprobe weights install` knows."""
+    if path.startswith("installed:"):
+        from .weights import KNOWN_WEIGHTS
+
+        name = path.removeprefix("installed:")
+        if name not in KNOWN_WEIGHTS:
+            raise ValueError(f"unknown installed weights {name!r}{did_you_mean(name, KNOWN_WEIGHTS)}; "
+                             f"known: {', '.join(KNOWN_WEIGHTS)}")
+    return path
+
+
+def positive_ints(annotation):
+    """`annotation` with every int made a strict positive int: every integer adapter option is a size
+    (resolution, max_pixels, patch_size, grid, tile_grid), and YAML gives ints, never "224" or true."""
+    if annotation is int:
+        return Annotated[StrictInt, Field(gt=0)]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(positive_ints(a) for a in args)]
+    if origin in (list, tuple) and args:
+        return origin[tuple(positive_ints(a) for a in args)]
+    return annotation
+
+
+def not_options() -> set[str]:
+    """Constructor parameters that are not adapter options: the checkpoint, the run's device and dtype,
+    the loading keys (given beside `options`) and a hybrid's `parts` (a key of its own)."""
+    return {"self", "name_or_path", "device", "dtype", "parts", *LoadConfig.model_fields}
+
+
+@lru_cache(maxsize=None)
+def adapter_options(family: str) -> type[BaseModel]:
+    """The `options` of `family`, read from its adapter's constructor (names, types, defaults), as a
+    model that forbids anything else: so options cannot drift from what the adapter takes."""
+    init = backbone_class(family).__init__
+    hints = typing.get_type_hints(init)
+    fields = {}
+    for name, param in inspect.signature(init).parameters.items():
+        if name in not_options() or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        default = ... if param.default is param.empty else param.default
+        fields[name] = (positive_ints(hints.get(name, Any)), default)
+    return create_model(f"{family}_options", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def check_options(family: str, options: dict) -> None:
+    """Raise errors at options.<name> for options that `family` does not take or of the wrong type."""
+    accepted = adapter_options(family)
+    try:
+        accepted.model_validate(options)
+    except ValidationError as err:
+        by_option: dict[str, list[dict]] = {}
+        for error in err.errors():
+            by_option.setdefault(str(error["loc"][0]), []).append(error)
+        raise errors_at([(("options", name), option_error(family, name, options[name], errors))
+                         for name, errors in by_option.items()]) from None
+
+
+def option_error(family: str, name: str, value, errors: list[dict]) -> str:
+    accepted = list(adapter_options(family).model_fields)
+    if name in ("device", "dtype"):
+        return f"not an adapter option: `{name}` is a setting of the whole run (top level)"
+    if name in not_options():
+        return f"not an adapter option: give `{name}` beside `options`, not inside it"
+    if errors[0]["type"] == "extra_forbidden":
+        return f"unknown option for family {family}{did_you_mean(name, accepted)}; accepted: {', '.join(accepted) or 'none'}"
+    if len(errors) == 1 and len(errors[0]["loc"]) == 1:
+        return errors[0]["msg"]
+    # a union (int | tuple | list) fails once per alternative: say what would fit instead
+    expected = inspect.signature(backbone_class(family).__init__).parameters[name].annotation
+    return f"{value!r} does not fit {expected} (every integer positive)"
 
 
 class ShapesParams(Strict):
@@ -37,6 +160,16 @@ class DatasetConfig(Strict):
     train_split: str = "train"
     test_split: str = "test"
     shapes: ShapesParams = ShapesParams()
+    #: coco: an annotation that fails the loader's checks stops the run ("error") or is dropped with a
+    #: warning and a count in the manifest ("skip")
+    on_bad_annotation: Literal["error", "skip"] = "error"
+
+    @model_validator(mode="after")
+    def coco_has_path(self) -> "DatasetConfig":
+        if self.kind == "coco" and self.path is None:
+            raise errors_at([(("path",), "a coco dataset needs `path`: the folder with "
+                                         "annotations/instances_<split>.json and the images")])
+        return self
 
 
 #: the proposal's modifications of a VLM (section 3.1.4), as named presets: which stages they read
@@ -77,6 +210,14 @@ class HybridPart(LoadConfig):
             raise ValueError("a hybrid part cannot itself be a hybrid")
         return known_family(family)
 
+    _name = field_validator("name")(single_line)
+    _path = field_validator("path")(known_weights_path)
+
+    @model_validator(mode="after")
+    def options_fit_family(self) -> "HybridPart":
+        check_options(self.family, self.options)
+        return self
+
 
 class ModelConfig(LoadConfig):
     name: str
@@ -101,6 +242,9 @@ class ModelConfig(LoadConfig):
     def known(cls, family: str) -> str:
         return known_family(family)
 
+    _name = field_validator("name", "label")(single_line)
+    _path = field_validator("path")(known_weights_path)
+
     @model_validator(mode="after")
     def apply_preset_and_parts(self) -> "ModelConfig":
         if (self.family == "hybrid") != (self.parts is not None):
@@ -113,6 +257,14 @@ class ModelConfig(LoadConfig):
                 raise ValueError(f"preset {self.preset} sets the stages itself; drop `stages`")
             self.stages = stages
             self.label = f"{self.label or self.name} — {name}"
+        return self
+
+    @model_validator(mode="after")
+    def options_fit_family(self) -> "ModelConfig":
+        check_options(self.family, self.options)
+        for number, part in enumerate(self.parts or []):
+            if part.name in [p.name for p in self.parts[:number]]:
+                raise errors_at([(("parts", number, "name"), f"{part.name!r} names two parts of this hybrid")])
         return self
 
     def load_options(self) -> dict:
@@ -150,6 +302,42 @@ class RunConfig(Strict):
     cache_dir: Path | None = None
     #: criteria, weights, thresholds and judged stage of the verdict (defaults: the proposal's 3.3 and 8)
     decision: DecisionConfig = DecisionConfig()
+    #: the planted-patch self-check of each configured model's checkpoint before its first extraction:
+    #: "stop" ends the run at a failing stage, "warn" records and goes on, "off" skips it
+    verify: Literal["off", "warn", "stop"] = "stop"
+
+    _name = field_validator("name")(single_line)
+    _device = field_validator("device")(known_device)
+
+    @model_validator(mode="after")
+    def names_unique(self) -> "RunConfig":
+        """Every model's results are keyed by its name, controls included: two runs with one name mix."""
+        seen: dict[str, str] = {"pixels": "the pixels control"} if self.controls.pixels else {}
+        for number, model in enumerate(self.models):
+            for name, what in run_names(model, number, self.controls):
+                if name in seen:
+                    raise errors_at([(("models", number, "name"), f"{name!r} is both {seen[name]} and {what}; "
+                                                                  "model names must be unique")])
+                seen[name] = what
+        return self
+
+    @model_validator(mode="after")
+    def decision_fits_run(self) -> "RunConfig":
+        """Criteria and judged stages must name what this run measures (the check lives with the verdict)."""
+        check = getattr(decision_rules, "check_decision", None)
+        if check is not None:
+            check(self.decision, self.tasks, self.probes, [m.name for m in self.models])
+        return self
+
+
+def run_names(model: ModelConfig, number: int, controls: ControlsConfig) -> list[tuple[str, str]]:
+    """The result names one configured model produces (as the runner names them), with what each is."""
+    names = [(model.name, f"the name of models[{number}]")]
+    if model.random_init_control:
+        names.append((f"{model.name} [random init]", f"the random-init control of models[{number}]"))
+    if controls.shuffled_tokens:
+        names.append((f"{model.name} [shuffled tokens]", f"the shuffled-tokens control of models[{number}]"))
+    return names
 
 
 def _field_path(loc: tuple) -> str:
@@ -159,15 +347,62 @@ def _field_path(loc: tuple) -> str:
     return out
 
 
+def model_at(loc: tuple) -> type[BaseModel] | None:
+    """The config model that holds the keys at `loc` (list indices skipped), or None."""
+    current: type[BaseModel] = RunConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part)
+        found = field and model_in(field.annotation)
+        if not found:
+            return None
+        current = found
+    return current
+
+
+def model_in(annotation) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as `list[ModelConfig] | None`."""
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for m in map(model_in, typing.get_args(annotation)) if m), None)
+
+
+def keys_beside(loc: tuple) -> list[str]:
+    """The keys accepted next to the key at `loc`."""
+    holder = model_at(loc[:-1])
+    return list(holder.model_fields) if holder else []
+
+
+def meant_key(error: dict) -> tuple | None:
+    """For an unknown key, the location of the key it is probably a misspelling of."""
+    if error["type"] != "extra_forbidden":
+        return None
+    close = difflib.get_close_matches(str(error["loc"][-1]), keys_beside(error["loc"]), n=1)
+    return (*error["loc"][:-1], close[0]) if close else None
+
+
+def describe_error(error: dict) -> str:
+    if error["type"] == "extra_forbidden":
+        keys = keys_beside(error["loc"])
+        hint = did_you_mean(str(error["loc"][-1]), keys) or (f"; accepted: {', '.join(keys)}" if keys else "")
+        return f"unknown key{hint}"
+    return error["msg"].removeprefix("Value error, ")
+
+
 def parse_config(data: dict, source: str = "<config>") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = _field_path(first["loc"]) or "(top level)"
-        message = "unknown key (misspelled?)" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        raise SpatialProbeError(f"{source}: {where}: {message}{more}") from None
+        errors = err.errors()
+        # a misspelled key also makes the key it stands for "missing": name the misspelling, and do not
+        # count the missing key as another error
+        meant = {meant_key(e) for e in errors}
+        errors = [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"]) in meant)]
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        where = f"{_field_path(first['loc'])}: " if first["loc"] else ""
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise SpatialProbeError(f"{source}: {where}{describe_error(first)}{more}") from None
 
 
 def load_config(path: str | Path) -> RunConfig:
