@@ -1,5 +1,6 @@
 """synthetic_shapes: deterministic, exact boxes/masks, valid COCO; the loader names what is wrong."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +11,13 @@ from spatialprobe.data.shapes import PALETTE, SHAPES
 from spatialprobe.errors import SpatialProbeError
 
 SMALL = dict(n_train=12, n_val=2, n_test=6, image_size=64)
+
+
+def copy_with(shapes, folder, train_json: dict):
+    """A copy of the dataset whose train annotations are `train_json`."""
+    shutil.copytree(shapes, folder)
+    (folder / "annotations/instances_train.json").write_text(json.dumps(train_json))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +109,12 @@ def test_loader_errors_name_the_culprit(shapes, tmp_path):
         load_coco(broken, "train")
     data = json.loads((shapes / "annotations/instances_train.json").read_text())
     del data["annotations"][0]["bbox"]
-    (broken / "annotations/instances_train.json").write_text(json.dumps(data))
+    no_bbox = copy_with(shapes, tmp_path / "no_bbox", data)
     with pytest.raises(SpatialProbeError, match=r"annotations\[0\] lacks field 'bbox'"):
-        load_coco(broken, "train")
+        load_coco(no_bbox, "train")
 
 
 def test_corrupt_image_is_named(shapes, tmp_path):
-    import shutil
-
     copy = tmp_path / "copy"
     shutil.copytree(shapes, copy)
     (copy / "images/train/train_00002.png").write_bytes(b"not a png at all")

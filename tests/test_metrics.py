@@ -60,7 +60,25 @@ def test_mask_iou():
     a = torch.zeros(2, 4, 4, dtype=torch.bool)
     b = torch.zeros(2, 4, 4, dtype=torch.bool)
     a[0, :2], b[0, :, :2] = True, True  # 8 and 8 pixels, 4 shared
-    assert metrics.mask_iou(a, b).tolist() == [pytest.approx(4 / 12), 1.0]
+    assert metrics.mask_iou(a, b).tolist() == [pytest.approx(4 / 12), 0.0]  # image 1: both empty
+
+
+def test_empty_target_is_never_a_perfect_match():
+    empty, full = torch.zeros(1, 4, 4, dtype=torch.bool), torch.ones(1, 4, 4, dtype=torch.bool)
+    # predicting nothing where there is nothing to find earns nothing: otherwise the best constant
+    # mask (the floor) and any probe could score by predicting empty masks
+    assert metrics.mask_iou(empty, empty).tolist() == [0.0]
+    assert metrics.mask_iou(full, empty).tolist() == [0.0] and metrics.mask_iou(empty, full).tolist() == [0.0]
+
+
+@pytest.mark.parametrize("box", [[0.2, 0.2, 0.2, 0.6], [0.2, 0.6, 0.5, 0.6], [0.3, 0.3, 0.3, 0.3]])
+def test_zero_area_boxes_never_match(box):
+    same = torch.tensor([box, [0.1, 0.1, 0.5, 0.5]], dtype=torch.float64)
+    assert metrics.paired_box_iou(same, same).tolist() == [0.0, 1.0]
+    assert metrics.box_iou(same, same)[0, 0] == 0.0
+    # pycocotools agrees: the zero-area pair is a miss even when ranked first
+    assert metrics.coco_map(same.numpy(), [0.9, 0.8], same.numpy())[0.5] == pytest.approx(0.5 * 51 / 101)
+    assert metrics.ap_at_iou(metrics.paired_box_iou(same, same), np.array([0.9, 0.8]), 0.5) == pytest.approx(0.5 * 51 / 101)
 
 
 def test_bootstrap_intervals_cover_the_mean_and_are_seeded():

@@ -3,6 +3,11 @@
 The point value of mAP comes from pycocotools' COCOeval. Bootstrapping it 1000 times through
 COCOeval would take minutes per stage, so intervals use `ap_at_iou`, a vectorized copy of COCO's
 AP for our case (one ground truth and one detection per image), tested to equal pycocotools.
+
+Zero-area targets never count as matches: an IoU whose union is empty is 0, not 1. A target that
+vanished (a zero-area box, or a small object lost when its mask is resized) has nothing to find,
+and scoring an empty prediction on it as perfect would lift the floor (the best constant mask
+becomes "predict nothing") and reward every probe that learns to predict nothing.
 """
 from __future__ import annotations
 
@@ -17,14 +22,18 @@ COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 NOMINAL_SIZE = 1000.0  # normalized boxes are scaled to this many "pixels" for COCOeval
 
 
+def iou_of(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+    """intersection / union, and 0 where the union is empty: nothing to match is never a perfect match."""
+    return torch.where(union > 0, inter / torch.where(union > 0, union, torch.ones_like(union)), torch.zeros_like(inter))
+
+
 def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """IoU of xyxy boxes that broadcast against each other (zero-area boxes give 0)."""
     area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
     area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
     extent = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp(min=0)
     inter = extent.prod(dim=-1)
-    union = area_a + area_b - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-300), torch.zeros_like(inter))
+    return iou_of(inter, area_a + area_b - inter)
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -39,11 +48,11 @@ def paired_box_iou(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
 
 
 def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
-    """Per-image IoU of boolean masks [n, H, W]; two empty masks agree perfectly (1.0)."""
+    """Per-image IoU of boolean masks [n, H, W]; an empty target with an empty prediction scores 0 (see above)."""
     pred, target = pred.bool().flatten(1), target.bool().flatten(1)
     inter = (pred & target).sum(1).double()
     union = (pred | target).sum(1).double()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter)).numpy()
+    return iou_of(inter, union).numpy()
 
 
 def _coco_objects(pred: np.ndarray, scores: np.ndarray, target: np.ndarray):

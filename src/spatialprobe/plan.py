@@ -97,7 +97,8 @@ def split_sizes(config: RunConfig) -> dict[str, int]:
         return {"train": spec.shapes.n_train, "test": spec.shapes.n_test}
     from .data import load_coco
 
-    return {split: len(load_coco(spec.path, split)) for split in (spec.train_split, spec.test_split)}
+    return {split: len(load_coco(spec.path, split, on_bad_annotation=spec.on_bad_annotation))
+            for split in (spec.train_split, spec.test_split)}
 
 
 def plan(config: RunConfig, trust_remote_code: bool = False) -> list[PlannedModel]:

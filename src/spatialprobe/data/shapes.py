@@ -14,10 +14,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 from ..errors import SpatialProbeError
+from ..files import umask_mode
 
 SHAPES = ("circle", "square", "triangle", "ellipse", "star")
 BACKGROUNDS = ("plain", "noise", "texture")
@@ -156,36 +158,69 @@ def generate_synthetic_shapes(out: str | Path, *, n_train: int = 300, n_val: int
                               image_size: int = 224, objects_per_image: int = 1, shapes=SHAPES, colors=None,
                               size_range=(0.15, 0.5), background: str = "plain", preset: str | None = None,
                               seed: int = 0, progress: bool = False) -> Path:
-    """Write the dataset to `out` (atomically) and return it; an identical existing one is reused."""
+    """Write the dataset to `out` (atomically) and return it; an identical existing one is reused.
+
+    Concurrent writers of one `out` take turns through a lock file beside it (`.<name>.lock`, as
+    `files.install_folder` does): the first writes, the others wait and then reuse its dataset.
+    """
     out = Path(out)
     params = {"n_train": n_train, "n_val": n_val, "n_test": n_test, "image_size": image_size,
               "objects_per_image": objects_per_image, "shapes": list(shapes), "colors": list(colors or PALETTE),
               "size_range": list(size_range), "background": background, "preset": preset, "seed": seed}
     validate(params)
-    if (out / "dataset.json").exists():
-        existing = json.loads((out / "dataset.json").read_text())
-        if existing != {"generator": "synthetic_shapes", "version": GENERATOR_VERSION, **params}:
-            raise SpatialProbeError(f"{out} already holds a synthetic_shapes dataset with other parameters or "
-                                    "generator version; "
-                                    "choose another --out or delete it")
+    record = {"generator": "synthetic_shapes", "version": GENERATOR_VERSION, **params}
+    if holds_dataset(out, record):  # checked before locking: a finished dataset may sit in a read-only folder
         return out
-    if out.exists() and any(out.iterdir()):
-        raise SpatialProbeError(f"{out} exists and is not a synthetic_shapes dataset; choose an empty folder")
     out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out.parent / f".{out.name}.lock")):
+        if holds_dataset(out, record):  # a concurrent writer finished it while we waited
+            return out
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise SpatialProbeError(f"{out} exists and is not a synthetic_shapes dataset; choose an empty folder")
+        remove_stale_temporaries(out)
+        write_dataset(out, record, progress)
+    return out
+
+
+def holds_dataset(out: Path, record: dict) -> bool:
+    """True if `out` holds the finished dataset `record` describes; an error if it holds another one."""
+    marker = out / "dataset.json"
+    if not marker.is_file():
+        return False
+    try:
+        existing = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SpatialProbeError(f"{marker}: unreadable ({err}); delete {out} to regenerate it") from None
+    if existing != record:
+        raise SpatialProbeError(f"{out} already holds a synthetic_shapes dataset with other parameters or "
+                                "generator version; choose another --out or delete it")
+    return True
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Temporary folders of killed writers (the caller holds the lock, so none is being written)."""
+    for sibling in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(sibling, ignore_errors=True)
+
+
+def write_dataset(out: Path, record: dict, progress: bool) -> None:
+    """Every split into a temporary folder, renamed to `out` once complete."""
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        categories = {name: i + 1 for i, name in enumerate(params["shapes"])}
-        for split, count in zip(SPLITS, (n_train, n_val, n_test)):
-            write_split(tmp, split, count, params, categories, progress)
+        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700 folders, which a group could not read
+        categories = {name: i + 1 for i, name in enumerate(record["shapes"])}
+        for split, count in zip(SPLITS, (record["n_train"], record["n_val"], record["n_test"])):
+            write_split(tmp, split, count, record, categories, progress)
         # written last: its presence marks a complete dataset
-        (tmp / "dataset.json").write_text(json.dumps({"generator": "synthetic_shapes", "version": GENERATOR_VERSION,
-                                                      **params}, indent=2))
-        if out.exists():
-            out.rmdir()
-        os.rename(tmp, out)
+        (tmp / "dataset.json").write_text(json.dumps(record, indent=2))
+        try:
+            os.rename(tmp, out)  # atomically replaces an empty `out`
+        except OSError:
+            # a writer that did not take the lock got there first: its identical dataset will do
+            if not holds_dataset(out, record):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def validate(params: dict) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..metrics import paired_box_iou
+from ..metrics import iou_of, paired_box_iou
 from .footprints import mask_boxes, paint, token_coverage
 from .scoring import evaluate
 
@@ -27,7 +27,7 @@ def best_constant_mask(train_masks: torch.Tensor) -> torch.Tensor:
     flat = train_masks.flatten(1).float()
     inter = flat @ candidates  # every (image, threshold) intersection in one product
     union = flat.sum(1, keepdim=True) + candidates.sum(0, keepdim=True) - inter
-    ious = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter)).mean(0)
+    ious = iou_of(inter, union).mean(0)  # the metric's own rule: an empty target is never matched
     return mean_mask >= float(MASK_THRESHOLDS[int(ious.argmax())])
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..metrics import iou_of
 from .footprints import mask_boxes, paint, token_coverage
 from .ridge import fit_ridge
 
@@ -21,7 +22,7 @@ def best_threshold(painted: torch.Tensor, masks: torch.Tensor) -> float:
         predicted = (flat >= threshold).float()
         inter = (predicted * truth).sum(1)
         union = predicted.sum(1) + truth.sum(1) - inter
-        ious.append(torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter)).mean())
+        ious.append(iou_of(inter, union).mean())  # scored as the metric scores it
     return float(THRESHOLDS[int(torch.stack(ious).argmax())])
 
 
