@@ -83,5 +83,6 @@ def test_console_messages_are_caught(tmp_path):
 def test_markdown_summary_beside_the_report(run_dir):
     summary = (run_dir / "summary.md").read_text()
     assert summary.splitlines()[2] == "**Verdict: Switch to that model — enc**"
-    assert "| enc | vision.block.1 | spatial_iou | > 0.6 | 0.700 [0.680, 0.720] | pass | target | vision.block.1: 0.700 |" in summary
-    assert "| enc | vision.block.1 | lpips | < 0.35 | — | unavailable |" in summary
+    assert ("| enc | vision.block.1 | spatial\\_iou | 40% | > 0.6 | 0.700 \\[0.680, 0.720\\] | pass | target |  |  | "
+            "vision.block.1: 0.700 |") in summary
+    assert "| enc | vision.block.1 | lpips | 15% | &lt; 0.35 | — | unavailable |" in summary

@@ -116,7 +116,9 @@ def test_report_rebuilds_from_stored_results(finished_run):
 def test_interrupted_run_resumes_with_identical_results(finished_run, tmp_path, monkeypatch):
     run_dir, base = finished_run
     # no speed task here: its timing pass would add extractions to the count below
-    config = parse_config(mini_config(tmp_path / "cache", tasks=["spatial_probe", "reconstruction_probe", "vqa"]))
+    # no self-check either: its two forward passes per model would add to the count too
+    config = parse_config(mini_config(tmp_path / "cache", tasks=["spatial_probe", "reconstruction_probe", "vqa"],
+                                      verify="off"))
     real, calls = extract.run_shard, []
 
     def dies_on_third_shard(*args, **kwargs):
@@ -152,10 +154,58 @@ def test_killed_process_resumes_with_identical_results(finished_run, tmp_path):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (tmp_path / "out" / "manifest.json").exists(), "the run finished before it could be killed"
+    manifest = tmp_path / "out" / "manifest.json"
+    assert json.loads(manifest.read_text())["status"] == "running", "the run finished before it could be killed"
     finished = subprocess.run(command, env=env, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert read_results(tmp_path / "out") == read_results(run_dir)
+
+
+def test_run_killed_while_probing_refits_nothing_that_finished(finished_run, tmp_path, monkeypatch):
+    from spatialprobe import runner
+
+    run_dir, base = finished_run
+    # the finished run's feature cache, so only the probes are at stake
+    config = parse_config(mini_config(base / "cache", tasks=["spatial_probe", "reconstruction_probe"]))
+    config.cache_dir = tmp_path / "work"
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "features").symlink_to(base / "cache" / "features")
+    real, fits, kill = runner.run_spatial_probes, [], [True]
+
+    def dies_on_fifth_fit(*args, **kwargs):
+        fits.append(kwargs["probes"])
+        if len(fits) == 5 and kill[0]:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_spatial_probes", dies_on_fifth_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path / "out")
+    finished_before = sum(len(probes) for probes in fits[:4])
+    fits.clear()
+    kill[0] = False
+    run(config, tmp_path / "out")
+    # every (model, stage, variant, probe) is fitted once over both runs: none that finished is fitted again
+    total = len([r for r in read_results(run_dir) if r["task"] == "spatial_probe" and r["metric"] == "bbox_iou"])
+    assert sum(len(probes) for probes in fits) == total - finished_before
+    results = [r for r in read_results(tmp_path / "out")]
+    expected = [r for r in read_results(run_dir) if r["task"] in ("spatial_probe", "reconstruction_probe")]
+    assert results == expected
+
+
+def test_progress_outside_a_terminal_is_a_line_per_finished_job(finished_run, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    _, base = finished_run
+    config = parse_config(mini_config(base / "cache", tasks=["spatial_probe", "speed", "vqa"]))
+    log = io.StringIO()
+    run(config, tmp_path / "out", console=Console(file=log, force_terminal=False, width=200))
+    lines = log.getvalue().splitlines()
+    for job in ("dino-tiny: extract train: 64/64", "dino-tiny: probes: ", "qwen-tiny: speed: 1/1",
+                "qwen-tiny: vqa: 1/1"):
+        assert any(line.startswith(job) and "elapsed]" in line for line in lines), (job, lines)
 
 
 @pytest.mark.parametrize("change,message", [

