@@ -120,3 +120,11 @@ def test_a_run_that_has_not_finished_says_so(tmp_path):
     manifest["status"] = "running"
     page, summary = write_run(tmp_path / "partial", manifest, results)
     assert "Incomplete run (status: running)" in page and "Incomplete run" in summary
+
+
+def test_the_self_check_is_shown_per_model(tmp_path):
+    manifest, results = model_runs("a")
+    manifest["models"]["a"]["verify"] = {"passed": False, "versions": {"transformers": "9.9"}, "stages": {
+        "vision.embed": {"status": "pass"}, "vision.block.0": {"status": "fail"}, "vision.block.1": {"status": "pass"}}}
+    page, _ = write_run(tmp_path / "run", manifest, results)
+    assert "token-mapping self-check FAILED at vision.block.0 (2/3 stages, transformers 9.9)" in page

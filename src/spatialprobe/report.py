@@ -217,6 +217,19 @@ def criteria_table(verdict) -> str:
             f"worse end for a pass, of its better end for a fail, and \"uncertain\" for an uncertain criterion.</p>")
 
 
+def self_check_note(info: dict) -> str:
+    """The token-mapping self-check of a configured model, as recorded in the manifest."""
+    check = info.get("verify")
+    if not isinstance(check, dict):
+        return "; token-mapping self-check: off" if check == "off" else ""
+    stages = check.get("stages", {})
+    failed = [stage for stage, c in stages.items() if c.get("status") == "fail"]
+    outcome = f"FAILED at {', '.join(failed)}" if failed else "passed"
+    versions = check.get("versions", {})
+    return (f"; token-mapping self-check {outcome} ({len(stages) - len(failed)}/{len(stages)} stages, "
+            f"transformers {versions.get('transformers', '?')})")
+
+
 def incomplete_note(manifest: dict) -> str:
     """Why the report may lack numbers: the run that wrote the folder has not finished (or was killed)."""
     status = manifest.get("status", "complete")  # runs from before the status field were only written when complete
@@ -229,7 +242,8 @@ def incomplete_note(manifest: dict) -> str:
 def render(manifest: dict, results: list[dict]) -> str:
     models = "".join(
         f'<li><b>{html.escape(name)}</b>: {html.escape(info.get("label", ""))} — control: {html.escape(info.get("control", ""))},'
-        f' {len(info.get("stages", []))} stages, weights {html.escape(str(info.get("weights", "")))}</li>'
+        f' {len(info.get("stages", []))} stages, weights {html.escape(str(info.get("weights", "")))}'
+        f'{html.escape(self_check_note(info))}</li>'
         for name, info in manifest.get("models", {}).items())
     figures = "".join(
         f'<h3>{html.escape(m)}</h3><img alt="{html.escape(m)} by stage" src="data:image/png;base64,{png}">'
