@@ -2,20 +2,9 @@
 import pytest
 import torch
 
-from spatialprobe.features import grid_footprints
-from spatialprobe.probes import ProbeSplit
 from spatialprobe.probes.bounds import best_constant_mask, ceilings, floors, perfect_scores
 from spatialprobe.probes.dense import best_threshold
-
-
-def split_of(rects, size=8, grid=2):
-    """One image per (r0, r1, c0, c1) rectangle; (0, 0, 0, 0) is an image whose target vanished."""
-    masks = torch.zeros(len(rects), size, size, dtype=torch.bool)
-    for i, (r0, r1, c0, c1) in enumerate(rects):
-        masks[i, r0:r1, c0:c1] = True
-    boxes = torch.tensor([[c0 / size, r0 / size, c1 / size, r1 / size] for r0, r1, c0, c1 in rects])
-    fp = grid_footprints(grid, grid).expand(len(rects), -1, -1).contiguous()
-    return ProbeSplit(torch.zeros(len(rects), grid * grid, 1), fp, boxes, masks)
+from test_probes import split_of  # one image per (r0, r1, c0, c1) rectangle; (0, 0, 0, 0): the target vanished
 
 
 EMPTY = (0, 0, 0, 0)
