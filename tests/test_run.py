@@ -161,6 +161,28 @@ def test_killed_process_resumes_with_identical_results(finished_run, tmp_path):
     assert read_results(tmp_path / "out") == read_results(run_dir)
 
 
+def test_a_rerun_stopped_early_never_pairs_the_old_manifest_with_new_results(finished_run, tmp_path, monkeypatch):
+    import shutil
+
+    run_dir, base = finished_run
+    shutil.copytree(run_dir, tmp_path / "out")
+    config = parse_config(mini_config(base / "cache", bootstrap=200))  # another config: needs --overwrite
+
+    def stops(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(extract, "run_shard", stops)
+    with pytest.raises(sp.SpatialProbeError, match="holds a different run"):
+        run(config, tmp_path / "out")
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path / "out", on_existing="overwrite")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "running" and manifest["config"]["bootstrap"] == 200
+    assert read_results(tmp_path / "out") == []  # the older run's numbers are gone with its manifest
+    assert CliRunner().invoke(app, ["report", str(tmp_path / "out")]).exit_code == 0
+    assert "Incomplete run (status: running)" in (tmp_path / "out" / "report.html").read_text()
+
+
 def test_run_killed_while_probing_refits_nothing_that_finished(finished_run, tmp_path, monkeypatch):
     from spatialprobe import runner
 
