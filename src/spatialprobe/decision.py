@@ -275,7 +275,8 @@ def judgement(model: str, stage: str, c: Criterion, results: list[dict]) -> Judg
         return Judgement(c, "baseline", r["value"])
     value, ci = r["value"], interval(r)
     status = judge(value, *(ci or (None, None)), c)
-    return Judgement(c, status, value, ci, interval_tier(status, value, ci, c), ci_covers=r.get("ci_covers"),
+    covers = r.get("ci_covers") if r.get("ci_covers") != "test" else None  # the default needs no words in a verdict
+    return Judgement(c, status, value, ci, interval_tier(status, value, ci, c), ci_covers=covers,
                      random_init=against(results, model + RANDOM_INIT_SUFFIX, "random_init", stage, value, ci, c),
                      pixels=against(results, PIXELS, "pixels", None, value, ci, c))
 

@@ -76,7 +76,7 @@ def vqa_records(backbone, train_data, test_data, n_boot: int = 1000, seed: int =
     correct = np.array([first_word(reply) == q.answer for reply, q in zip(replies, test_questions)], dtype=float)
     low, high = mean_ci(correct, n_boot, seed)
     return [{"task": "vqa", "stage": None, "probe": "generate", "metric": "vqa_accuracy", "value": float(correct.mean()),
-             "ci_low": low, "ci_high": high, "floor": floor, "ceiling": 1.0, "n": len(test_questions),
+             "ci_low": low, "ci_high": high, "ci_covers": "test", "floor": floor, "ceiling": 1.0, "n": len(test_questions),
              "kinds": dict(Counter(q.kind for q in test_questions))}]
 
 

@@ -3,11 +3,16 @@
 floor:   the metric with no features at all — the best constant prediction learned from the
          training labels (the mean training box; the mean training mask thresholded at the level
          that maximizes training IoU).
-ceiling: the best the stage's token resolution allows — for masks, the token-aligned mask with
-         the best IoU (ground-truth token coverage painted through the footprints, thresholded at
-         each image's best level); for boxes, that mask turned into a box, ranked by an
-         oracle for mAP. The dense probe's mask cannot beat it on a token grid; a box regressor
-         (linear, pooled) is not bound to token edges and can.
+ceiling: the best the stage's token resolution allows.
+         spatial_iou: the token-aligned mask with the best IoU (ground-truth token coverage
+         painted through the footprints, thresholded at each image's best level).
+         bbox_iou: per image, the box with the best IoU among all boxes whose four edges lie on
+         the stage's token boundaries — the footprints' edges rounded to whole mask pixels, where
+         the dense probe's mask boxes have theirs (`footprints.token_edges`; for tiles and levels,
+         the union of all footprints' edges).
+         map_50, map_75: those boxes ranked by an oracle (each scored by its own IoU).
+         The dense probe cannot beat any of these on a token grid. A box regressor (linear,
+         pooled) is not bound to token edges and can exceed the box ceilings.
 """
 from __future__ import annotations
 
@@ -15,10 +20,15 @@ import numpy as np
 import torch
 
 from ..metrics import iou_of, paired_box_iou
-from .footprints import mask_boxes, paint, token_coverage
+from .footprints import paint, token_coverage, token_edges
 from .scoring import evaluate
 
 MASK_THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.05), 2)
+#: boundaries tried on each side of each target edge. One per side already holds the best box
+#: (IoU only falls as an edge moves away from the target's edge, whichever side it is on); the
+#: second keeps a box of positive area within reach when every boundary lies on one side of the
+#: target. tests/test_bounds.py checks this against all boundary combinations.
+NEIGHBOURS = 2
 
 
 def best_constant_mask(train_masks: torch.Tensor) -> torch.Tensor:
@@ -63,10 +73,49 @@ def ceiling_masks(test) -> torch.Tensor:
     return ((painted >= threshold) & keep).reshape(test.masks.shape)
 
 
+def edge_positions(is_edge: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool [n, P + 1] -> ascending normalized positions [n, P + 1] (inf after the last edge), count [n].
+    Normalized as `mask_boxes` normalizes (float32 pixel / P), so equal boxes give equal IoUs."""
+    pixels = is_edge.shape[1] - 1
+    position = torch.where(is_edge, torch.arange(pixels + 1) / pixels, torch.tensor(float("inf")))
+    return position.sort(1).values, is_edge.sum(1)
+
+
+def nearest_edges(positions: torch.Tensor, count: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The NEIGHBOURS edges below and the NEIGHBOURS at or above each target value: [n] -> [n, 2K]
+    (clamped to the edges there are; 0 for an image without edges)."""
+    first_above = torch.searchsorted(positions, target[:, None].contiguous().to(positions.dtype))
+    index = first_above + torch.arange(-NEIGHBOURS, NEIGHBOURS)
+    index = torch.minimum(index.clamp(min=0), (count[:, None] - 1).clamp(min=0))
+    found = positions.gather(1, index)
+    return torch.where(torch.isfinite(found), found, torch.zeros_like(found))
+
+
+def ceiling_boxes(test) -> torch.Tensor:
+    """Per image, the box [n, 4] with the best IoU whose edges lie on the stage's token boundaries,
+    each target edge snapped to one of its neighbouring boundaries (all combinations at once)."""
+    height, width = test.masks.shape[1:]
+    x_edges, y_edges = token_edges(test.footprints, height, width)
+    (xs, x_count), (ys, y_count) = edge_positions(x_edges), edge_positions(y_edges)
+    target = test.boxes.float()
+    sides = [nearest_edges(xs, x_count, target[:, 0]), nearest_edges(ys, y_count, target[:, 1]),
+             nearest_edges(xs, x_count, target[:, 2]), nearest_edges(ys, y_count, target[:, 3])]
+    k = sides[0].shape[1]
+    # every combination: axis j of [n, k, k, k, k] holds edge j of the box -> [n, k^4, 4]
+    candidates = torch.stack([side.reshape(-1, *[k if j == i else 1 for j in range(4)]).expand(-1, k, k, k, k)
+                              for i, side in enumerate(sides)], -1).reshape(len(target), -1, 4)
+    iou = torch.from_numpy(paired_box_iou(candidates.reshape(-1, 4),
+                                          target.repeat_interleave(candidates.shape[1], 0))).reshape(len(target), -1)
+    positive = (candidates[..., 2] > candidates[..., 0]) & (candidates[..., 3] > candidates[..., 1])
+    best = torch.where(positive, iou, torch.full_like(iou, -1.0)).argmax(1)  # never a zero-area box if any has area
+    return candidates[torch.arange(len(target)), best]
+
+
 def ceilings(test) -> dict[str, float]:
     masks = ceiling_masks(test)
-    boxes = mask_boxes(masks)  # the ground-truth token-coverage mask turned into a box
-    # an oracle ranking (each box scored by its own IoU) makes the mAP ceiling a true upper bound
+    boxes = ceiling_boxes(test)
+    # an oracle ranking (each box scored by its own IoU) makes the mAP ceiling a true upper bound:
+    # the best box of every image, the hits ranked first
     oracle_scores = torch.from_numpy(paired_box_iou(boxes, test.boxes)).float()
     result = evaluate(boxes, oracle_scores, test, masks, with_ci=False)
     return {metric: value for metric, (value, _, _) in result.items()}

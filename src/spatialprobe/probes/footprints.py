@@ -57,3 +57,22 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
         if len(ys):
             boxes[i] = torch.tensor([xs[0] / width, ys[0] / height, (xs[-1] + 1) / width, (ys[-1] + 1) / height])
     return boxes
+
+
+def token_edges(footprints: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a painted mask's box can have its edges: bool [n, width + 1] (x) and [n, height + 1] (y),
+    True at every mask-pixel edge of a footprint that covers at least one pixel.
+
+    A painted mask is a union of cells cut by the footprints' pixel rectangles, so `mask_boxes`
+    of any mask painted through these footprints has its edges here (tiles and levels included)."""
+    n = len(footprints)
+    r0, c0, r1, c1 = pixel_rects(footprints, height, width).unbind(-1)
+    paints = (r1 > r0) & (c1 > c0)  # a footprint that covers no pixel centre cuts nothing
+    batch = torch.arange(n)[:, None].expand_as(r0)[paints]
+    x_edges = torch.zeros(n, width + 1, dtype=torch.bool)
+    y_edges = torch.zeros(n, height + 1, dtype=torch.bool)
+    for cols in (c0, c1):
+        x_edges[batch, cols[paints]] = True
+    for rows in (r0, r1):
+        y_edges[batch, rows[paints]] = True
+    return x_edges, y_edges

@@ -79,9 +79,9 @@ def reconstruction_records(train_grid: torch.Tensor, train_images: torch.Tensor,
         values = scorer(recon, test_images).numpy()
         low, high = mean_ci(values, n_boot, seed)
         records.append({"probe": "decoder", "metric": metric, "value": float(values.mean()), "ci_low": low,
-                        "ci_high": high, "floor": float(scorer(mean_image, test_images).mean()),
+                        "ci_high": high, "ci_covers": "test", "floor": float(scorer(mean_image, test_images).mean()),
                         "ceiling": float(scorer(test_images, test_images).mean()), "n": n})
     if unavailable:
         records.append({"probe": "decoder", "metric": "lpips", "value": None, "ci_low": None, "ci_high": None,
-                        "floor": None, "ceiling": 0.0, "n": n, "unavailable": unavailable})
+                        "ci_covers": "none", "floor": None, "ceiling": 0.0, "n": n, "unavailable": unavailable})
     return records

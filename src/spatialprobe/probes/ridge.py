@@ -3,6 +3,11 @@
 One eigendecomposition serves every alpha: of the Gram matrix X X^T when features outnumber samples
 (the dual form), else of X^T X. With centered X the hat matrix is H = H_c + 11^T/n, so the
 leave-one-out residuals are exact: e_i / (1 - h_ii).
+
+Grouped leave-one-out (`group_size` > 1: contiguous blocks of rows, e.g. one image's tokens) is exact
+too: leaving out block G gives residuals (I - H_GG)^{-1} e_G, one small solve per block from the same
+decomposition, without ever forming the full hat matrix. Alpha is then chosen by grouped LOO error:
+rows of one block help each other, so per-row LOO would favour too little shrinkage.
 """
 from __future__ import annotations
 
@@ -11,6 +16,12 @@ from dataclasses import dataclass
 import torch
 
 ALPHA_GRID = torch.logspace(-4, 5, 19, dtype=torch.float64)  # relative to the mean non-zero eigenvalue
+#: grouped LOO costs N^2 * rank per block and alpha, so alpha is chosen on at most this many blocks
+#: (evenly spaced, fixed); their residuals are exact, so this estimates the all-block error from a
+#: fixed sample. The final grouped LOO predictions cover every block.
+ALPHA_GROUPS = 48
+#: blocks (their rows of P and their H_GG) held in memory at once: about this many float64 numbers (~128 MB)
+BLOCK_BUDGET = 2**24
 
 
 @dataclass
@@ -18,7 +29,8 @@ class RidgeFit:
     coef: torch.Tensor  # [d, k], in the units of the raw features
     intercept: torch.Tensor  # [k]
     alpha: float  # in the solver's scaled units
-    loo_predictions: torch.Tensor  # [n, k] leave-one-out predictions on the training set
+    #: [n, k] leave-one-out predictions on the training set (leave-one-group-out if fitted by groups)
+    loo_predictions: torch.Tensor
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(torch.float64) @ self.coef + self.intercept).float()
@@ -58,14 +70,55 @@ class RidgeSolver:
         leverage = (self.p_squared @ shrink) + 1.0 / self.n
         return fitted, (yc - fitted) / (1 - leverage).clamp(min=1e-12)[:, None]
 
-    def fit(self, y: torch.Tensor, alpha: float | None = None) -> RidgeFit:
+    def _group_loo(self, yc: torch.Tensor, alpha: float, group_size: int,
+                   groups: torch.Tensor | None = None) -> torch.Tensor:
+        """Leave-one-group-out residuals [len(groups) * group_size, k] of these groups (default: all)."""
+        shrink = self._shrink(alpha)
+        groups = torch.arange(self.n // group_size) if groups is None else groups
+        p = self.p.reshape(-1, group_size, self.p.shape[1])
+        fitted = self.p @ (shrink[:, None] * (self.p.T @ yc))
+        errors = (yc - fitted).reshape(-1, group_size, yc.shape[1])
+        eye = torch.eye(group_size, dtype=torch.float64)
+        per_chunk = max(1, BLOCK_BUDGET // (group_size * max(group_size, p.shape[2])))
+        residuals = []
+        for chunk in groups.split(per_chunk):
+            block = p[chunk]
+            hat = (block * shrink) @ block.transpose(1, 2) + 1.0 / self.n  # H_GG, intercept included
+            residuals.append(torch.linalg.solve(eye - hat, errors[chunk]))
+        return torch.cat(residuals).reshape(-1, yc.shape[1])
+
+    def _choose_alpha(self, yc: torch.Tensor, group_size: int) -> float:
+        if group_size == 1:
+            errors = [self._loo(yc, a)[1].pow(2).mean().item() for a in self.alphas.tolist()]
+        else:
+            n_groups = self.n // group_size
+            sample = torch.linspace(0, n_groups - 1, min(n_groups, ALPHA_GROUPS)).round().long().unique()
+            errors = [self._group_loo(yc, a, group_size, sample).pow(2).mean().item() for a in self.alphas.tolist()]
+        return self.alphas[min(range(len(errors)), key=errors.__getitem__)].item()
+
+    def _check_groups(self, group_size: int) -> None:
+        if group_size < 1 or self.n % group_size:
+            raise ValueError(f"{self.n} rows do not split into groups of {group_size}")
+        if group_size > 1 and self.n == group_size:
+            raise ValueError("leaving out the only group leaves nothing to fit")
+
+    def group_loo_predictions(self, y: torch.Tensor, group_size: int, alpha: float) -> torch.Tensor:
+        """Predictions [n, k] for each contiguous block of `group_size` rows from a fit without that block."""
+        self._check_groups(group_size)
+        y = y.to(torch.float64).reshape(self.n, -1)
+        return y - self._group_loo(y - y.mean(0), alpha, group_size)
+
+    def fit(self, y: torch.Tensor, alpha: float | None = None, group_size: int = 1) -> RidgeFit:
+        """Ridge fit; alpha (unless given) and `loo_predictions` by leaving out blocks of `group_size` rows."""
+        self._check_groups(group_size)
         y = y.to(torch.float64).reshape(self.n, -1)
         y_mean = y.mean(0)
         yc = y - y_mean
-        candidates = [alpha] if alpha is not None else self.alphas.tolist()
-        errors = [self._loo(yc, a)[1].pow(2).mean().item() for a in candidates]
-        best = candidates[min(range(len(candidates)), key=errors.__getitem__)]
-        _, residuals = self._loo(yc, best)
+        best = alpha if alpha is not None else self._choose_alpha(yc, group_size)
+        if group_size == 1:
+            residuals = self._loo(yc, best)[1]
+        else:
+            residuals = self._group_loo(yc, best, group_size)
         shrink = self._shrink(best)
         if self.dual:
             # w = X^T U diag(1/(s+a)) U^T y
@@ -77,5 +130,5 @@ class RidgeSolver:
         return RidgeFit(coef, intercept, best, y - residuals)
 
 
-def fit_ridge(x: torch.Tensor, y: torch.Tensor, alpha: float | None = None) -> RidgeFit:
-    return RidgeSolver(x).fit(y, alpha)
+def fit_ridge(x: torch.Tensor, y: torch.Tensor, alpha: float | None = None, group_size: int = 1) -> RidgeFit:
+    return RidgeSolver(x).fit(y, alpha, group_size)
