@@ -15,7 +15,7 @@ from .cache import cache_key
 from .files import write_atomic
 
 #: bump when probe or metric code changes the numbers
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
 
 
 def result_key(**parts) -> str:
