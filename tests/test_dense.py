@@ -26,7 +26,8 @@ def refit_without_each_group(x, y, group_size, alpha, scale):
     return out
 
 
-@pytest.mark.parametrize("images,tokens,d", [(7, 5, 4), (6, 4, 40)])  # primal and dual regimes
+# primal and dual regimes; with more tokens per image than the rank, the low-rank (Woodbury) solve
+@pytest.mark.parametrize("images,tokens,d", [(7, 5, 4), (6, 4, 40), (7, 30, 5)])
 def test_group_loo_predictions_match_explicit_refits(images, tokens, d):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(images * tokens, d, generator=g, dtype=torch.float64)

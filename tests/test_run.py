@@ -55,9 +55,11 @@ def test_raw_pixels_reach_the_ceiling_on_the_easy_preset(easy):
              for name, d in (("train", train_data), ("test", test_data))}
     train, test = probe_split(train_data, feats["train"]), probe_split(test_data, feats["test"])
     got = by_key(run_spatial_probes(train, test, probes=("dense",), n_boot=200))
-    for metric in ("spatial_iou", "bbox_iou"):
+    # the box ceiling is the best box with edges on token boundaries; a thresholded token mask's box
+    # comes near it but need not find it, hence the wider margin for boxes
+    for metric, margin in (("spatial_iou", 0.04), ("bbox_iou", 0.06)):
         r = got[("dense", metric)]
-        assert r["value"] >= r["ceiling"] - 0.04 and r["value"] > r["floor"] + 0.3, r
+        assert r["ceiling"] - margin <= r["value"] <= r["ceiling"] and r["value"] > r["floor"] + 0.3, r
     shuffled = by_key(run_spatial_probes(shuffle_tokens(train, 0), shuffle_tokens(test, 1), probes=("dense",), n_boot=200))
     for metric in ("spatial_iou", "bbox_iou"):
         r = shuffled[("dense", metric)]

@@ -111,7 +111,12 @@ def synthetic_shapes(
     image_size: int = typer.Option(224, help="Image side in pixels."),
     objects_per_image: int = typer.Option(1, help="Objects per image."),
     background: str = typer.Option("plain", help="plain | noise | texture."),
-    preset: Optional[str] = typer.Option(None, help="easy: dark background, bright shapes."),
+    colors: str = typer.Option("palette", help="palette (8 fixed colours) | random (any RGB, min-contrast "
+                                                "from the background)."),
+    min_contrast: float = typer.Option(100.0, help="colors random: least RGB distance from the background."),
+    distractors: int = typer.Option(0, help="Extra shapes per image, each smaller than every object."),
+    preset: Optional[str] = typer.Option(None, help="easy: dark background, bright shapes; hard: random "
+                                                     "colours on a texture, 3 distractors."),
     seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
 ) -> None:
     """Write the synthetic_shapes dataset (train/val/test, boxes and masks) in COCO format."""
@@ -120,6 +125,7 @@ def synthetic_shapes(
     with one_line_errors():
         root = generate_synthetic_shapes(out, n_train=n_train, n_val=n_val, n_test=n_test, image_size=image_size,
                                          objects_per_image=objects_per_image, background=background,
+                                         colors=colors, min_contrast=min_contrast, distractors=distractors,
                                          preset=preset, seed=seed, progress=True)
         typer.echo(f"{root} (content hash {dataset_hash(root)})")
 

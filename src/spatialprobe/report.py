@@ -119,6 +119,30 @@ def best_stages(results: list[dict]) -> str:
             f"<th>value [95% CI]</th><th>floor</th><th>ceiling</th></tr>{rows}</table>")
 
 
+def at_floor(row: dict) -> bool:
+    """A spatial-probe value indistinguishable from its no-feature floor: its interval includes the floor."""
+    low, high, floor = row.get("ci_low"), row.get("ci_high"), row.get("floor")
+    if row.get("task") != "spatial_probe" or floor is None or row.get("value") is None:
+        return False
+    if low is None or high is None or low != low or high != high:  # no interval (NaN or not reported)
+        return row["value"] <= floor
+    return low <= floor <= high or row["value"] <= floor
+
+
+def floor_note(results: list[dict]) -> str:
+    """One note under the tables when any spatial-probe value sits at its floor (not a mark per cell)."""
+    rows = [r for r in results if at_floor(r)]
+    if not rows:
+        return ""
+    example = max(rows, key=lambda r: r["value"])
+    return (f'<p class="note">{len(rows)} spatial-probe value(s) sit at their floor (the interval includes it), e.g. '
+            f'{html.escape(example["model"])} {html.escape(example["stage"])} {html.escape(example["probe"])} '
+            f'{html.escape(example["metric"])} {example["value"]:.3f} against a floor of {example["floor"]:.3f}. Such a '
+            "value says the probe found no spatial information there. The proposal's Q2 reading, &ldquo;IoU ~0.10 at "
+            "the patch embedding&rdquo;, is this no-feature floor of the flattened linear probe (the best constant box "
+            "from the training labels), not evidence of spatial information.</p>")
+
+
 #: rows are coloured by status, so a colour never says more than the status (a tier is shown as text)
 STATUS_COLOURS = {"pass": "#b7e4b7", "uncertain": "#fbe3a6", "fail": "#f5b7b1", "missing": "#eee", "baseline": "#fff"}
 STATUS_MARK = {"pass": "pass", "fail": "FAIL", "uncertain": "uncertain", "missing": "missing", "baseline": "baseline"}
@@ -255,12 +279,19 @@ def render(manifest: dict, results: list[dict]) -> str:
 {f'<p class="verdict uncertain"><b>{html.escape(incomplete)}</b></p>' if (incomplete := incomplete_note(manifest)) else ""}
 {verdict_section(manifest, results)}
 <p class="note">Every number is read between its <b>floor</b> (the metric with no features: the best constant
-prediction from the training labels) and its <b>ceiling</b> (the best the stage's token resolution allows: the
-ground-truth token coverage painted through the token footprints). A value at the floor means the probe learned
+prediction from the training labels) and its <b>ceiling</b> (the best the stage's token resolution allows: for masks,
+the ground-truth token coverage painted through the token footprints; for boxes, the best box whose edges lie on token
+boundaries, ranked by its own IoU for mAP; a box regressor (linear, pooled) is not bound to token edges and can pass it). A value at the floor means the probe learned
 nothing. Controls: <i>pixels</i> (raw patch pixels), <i>[random init]</i> (same architecture, random weights),
 <i>[shuffled tokens]</i> (token order permuted per image: spatial probes should fall to the floor).</p>
+<p class="note">Every interval is a 95% interval, and each row's <code>ci_covers</code> says which variability it
+covers: <b>test</b>, the sample of test images (bootstrap over the test images, the probe fitted once);
+<b>train+test</b>, also the sample of training images the probe was fitted on (<code>probe_resamples</code> refits on
+bootstrap resamples of the training images); speed rows: the spread of timed repeats (IQR). A mAP with fewer than 10
+hits (test images whose box reaches the IoU threshold) has an exact binomial interval on its hit count instead of a
+bootstrap, wider and never [0, 0] around a non-zero value; its <code>ci_note</code> says so.</p>
 <h2>Models</h2><ul>{models}</ul>
-<h2>Best stage per model and probe</h2>{best_stages(results)}
+<h2>Best stage per model and probe</h2>{best_stages(results)}{floor_note(results)}
 <h2>Layer-by-layer trace</h2><p class="note">x: stages from input to output; shaded: bootstrap 95% interval;
 dashed/dotted: ceiling/floor of the dense probe.</p>{figures}
 <h2>Reconstruction probe</h2><p class="note">A small convolutional decoder trained on each model's judged

@@ -14,8 +14,8 @@ from pathlib import Path
 from .cache import cache_key
 from .files import write_atomic
 
-#: bump when probe or metric code changes the numbers
-RESULTS_VERSION = 2
+#: bump when probe, metric or target code changes the numbers
+RESULTS_VERSION = 3
 
 
 def result_key(**parts) -> str:

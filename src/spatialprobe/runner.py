@@ -67,17 +67,25 @@ def prepare_dataset(config: RunConfig, console: Console) -> Path:
 
 
 def probe_split(data, feats, mask_size: int = MASK_SIZE) -> ProbeSplit:
-    targets = [data.target(i) for i in range(len(data))]
-    boxes = torch.tensor(np.stack([t[0] for t in targets]), dtype=torch.float32)
-    masks = torch.stack([torch.from_numpy(resize_mask(t[1], mask_size)) for t in targets])
+    """Tokens and targets of a split. Each target box is the box of its target mask at `mask_size`,
+    the resolution the metrics compare masks at, so boxes and masks describe one object (IoU 1.0)."""
+    from .probes.footprints import mask_boxes
+
+    masks = torch.stack([torch.from_numpy(resize_mask(data.target(i)[1], mask_size)) for i in range(len(data))])
     placeless = torch.cat(list(feats.extra.values()), dim=1).float().mean(1) if feats.extra else None
-    return ProbeSplit(feats.tokens.float(), feats.footprints.float(), boxes, masks, placeless)
+    return ProbeSplit(feats.tokens.float(), feats.footprints.float(), mask_boxes(masks), masks, placeless)
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """The mask at size x size (nearest neighbour); an object too small to hit a sampled pixel keeps
+    every pixel it touches, so no target is lost (its box would be empty)."""
     from PIL import Image
 
-    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 127
+    image = Image.fromarray(mask.astype(np.uint8) * 255)
+    resized = np.asarray(image.resize((size, size), Image.NEAREST)) > 127
+    if not resized.any() and mask.any():
+        resized = np.asarray(image.resize((size, size), Image.BOX)) > 0
+    return resized
 
 
 def model_runs(config: RunConfig, trust_remote_code: bool = False) -> list[ModelRun]:
@@ -168,7 +176,8 @@ def model_key(describe: dict) -> dict:
 
 def probe_key(describe: dict, stage: str, control: str, probe: str, data_key: dict, config: RunConfig) -> str:
     return result_key(model=model_key(describe), stage=stage, control=control, probe=probe, data=data_key,
-                      bootstrap=config.bootstrap, seed=config.seed, mask_size=MASK_SIZE)
+                      bootstrap=config.bootstrap, seed=config.seed, mask_size=MASK_SIZE,
+                      probe_resamples=config.probe_resamples)
 
 
 def cached_probes(train: ProbeSplit, test: ProbeSplit, keys: dict[str, str], store: ResultCache,
@@ -177,7 +186,8 @@ def cached_probes(train: ProbeSplit, test: ProbeSplit, keys: dict[str, str], sto
     stored = {probe: store.get(key) for probe, key in keys.items()}
     missing = tuple(p for p, rows in stored.items() if rows is None)
     if missing:
-        fitted = run_spatial_probes(train, test, probes=missing, n_boot=config.bootstrap, seed=config.seed)
+        fitted = run_spatial_probes(train, test, probes=missing, n_boot=config.bootstrap, seed=config.seed,
+                                    resamples=config.probe_resamples)
         for probe in missing:
             stored[probe] = [r for r in fitted if r["probe"] == probe]
             store.put(keys[probe], stored[probe])

@@ -75,17 +75,30 @@ class RidgeSolver:
         """Leave-one-group-out residuals [len(groups) * group_size, k] of these groups (default: all)."""
         shrink = self._shrink(alpha)
         groups = torch.arange(self.n // group_size) if groups is None else groups
-        p = self.p.reshape(-1, group_size, self.p.shape[1])
+        # H_GG = U C U^T with U = [P_G, 1/sqrt(n)] (the intercept's 1/n as one more column) and C = diag(shrink, 1)
+        u = torch.cat([self.p, torch.full((self.n, 1), self.n ** -0.5, dtype=torch.float64)], 1)
+        u = u.reshape(-1, group_size, u.shape[1])
+        c = torch.cat([shrink, torch.ones(1, dtype=torch.float64)])
         fitted = self.p @ (shrink[:, None] * (self.p.T @ yc))
         errors = (yc - fitted).reshape(-1, group_size, yc.shape[1])
-        eye = torch.eye(group_size, dtype=torch.float64)
-        per_chunk = max(1, BLOCK_BUDGET // (group_size * max(group_size, p.shape[2])))
-        residuals = []
-        for chunk in groups.split(per_chunk):
-            block = p[chunk]
-            hat = (block * shrink) @ block.transpose(1, 2) + 1.0 / self.n  # H_GG, intercept included
-            residuals.append(torch.linalg.solve(eye - hat, errors[chunk]))
+        per_chunk = max(1, BLOCK_BUDGET // (group_size * max(group_size, u.shape[2])))
+        solve = self._low_rank_solve if u.shape[2] < group_size else self._direct_solve
+        residuals = [solve(u[chunk], c, errors[chunk]) for chunk in groups.split(per_chunk)]
         return torch.cat(residuals).reshape(-1, yc.shape[1])
+
+    @staticmethod
+    def _direct_solve(u: torch.Tensor, c: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
+        """(I - U C U^T)^-1 e with one N x N solve per group (N = tokens per image)."""
+        eye = torch.eye(u.shape[1], dtype=torch.float64)
+        return torch.linalg.solve(eye - (u * c) @ u.transpose(1, 2), errors)
+
+    @staticmethod
+    def _low_rank_solve(u: torch.Tensor, c: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
+        """The same through Woodbury, (I - U C U^T)^-1 = I + U (I - C U^T U)^-1 C U^T: an r x r solve per group
+        (r = rank + 1), which for images of thousands of tokens and a few hundred channels is far cheaper."""
+        ut = u.transpose(1, 2)
+        inner = torch.eye(u.shape[2], dtype=torch.float64) - c[:, None] * (ut @ u)
+        return errors + u @ torch.linalg.solve(inner, c[:, None] * (ut @ errors))
 
     def _choose_alpha(self, yc: torch.Tensor, group_size: int) -> float:
         if group_size == 1:
