@@ -89,6 +89,9 @@ def test_run_writes_every_stage_probe_and_bound(finished_run):
             assert {r["probe"] for r in rows} == {"linear", "pooled", "dense"}, (model, stage)
     spatial = [r for r in results if r["task"] == "spatial_probe"]
     assert all(r["floor"] is not None and r["ceiling"] is not None and r["ci_low"] <= r["ci_high"] for r in spatial)
+    # on a token grid the dense probe cannot pass its ceiling; every row says what its interval covers
+    assert all(r["value"] <= r["ceiling"] + 1e-9 for r in spatial if r["probe"] == "dense")
+    assert all("ci_covers" in r for r in read_results(run_dir, timings=True))
     # the reconstruction probe ran once per model, at its judged stage, with PSNR/SSIM and an honest LPIPS
     recon = [r for r in results if r["task"] == "reconstruction_probe" and r["model"] == "qwen-tiny"]
     assert {r["metric"] for r in recon} == {"psnr", "ssim", "lpips"} and {r["stage"] for r in recon} == {"llm.layer.1"}

@@ -93,17 +93,19 @@ def speed_records(speeds: dict[str, dict], baseline: str | None) -> list[dict]:
                   "n": s["images"], "batch_size": s["batch_size"], "device": s["device"], "repeats": s["repeats"]}
         records.append({**common, "metric": "images_per_second", "value": s["images_per_second"],
                         "ci_low": s["iqr"][0], "ci_high": s["iqr"][1], "ci_covers": TIMING_INTERVAL})
-        records.append({**common, "metric": "peak_memory_mb", "value": s["peak_memory_mb"], "ci_low": None, "ci_high": None})
+        records.append({**common, "metric": "peak_memory_mb", "value": s["peak_memory_mb"], "ci_low": None, "ci_high": None,
+                        "ci_covers": "none"})
         records.append(ratio_record(common, model, speeds, baseline))
     return records
 
 
 def ratio_record(common: dict, model: str, speeds: dict[str, dict], baseline: str | None) -> dict:
     if baseline not in speeds:
-        return {**common, "metric": "speed_ratio", "value": None, "ci_low": None, "ci_high": None,
+        return {**common, "metric": "speed_ratio", "value": None, "ci_low": None, "ci_high": None, "ci_covers": "none",
                 "unavailable": "no baseline model in this run (set decision.baseline, or add Qwen2.5-VL)"}
     if model == baseline:
-        return {**common, "metric": "speed_ratio", "value": 1.0, "ci_low": None, "ci_high": None, "baseline": baseline}
+        return {**common, "metric": "speed_ratio", "value": 1.0, "ci_low": None, "ci_high": None, "ci_covers": "none",
+                "baseline": baseline}  # 1 by definition: nothing to resample
     value, low, high = ratio_with_iqr(speeds[model]["seconds_per_image"], speeds[baseline]["seconds_per_image"])
     return {**common, "metric": "speed_ratio", "value": value, "ci_low": low, "ci_high": high,
             "ci_covers": TIMING_INTERVAL, "baseline": baseline}
