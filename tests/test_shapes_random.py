@@ -95,11 +95,19 @@ def test_hard_preset_is_random_colours_on_texture_with_distractors(tmp_path):
     assert len(np.unique(pixels[~data.mask(0)], axis=0)) == 2  # the texture's two colours
 
 
+def test_noise_preset_is_random_colours_on_noise_with_distractors(tmp_path):
+    data = load_coco(generate_synthetic_shapes(tmp_path / "noise", preset="noise", **SMALL), "train")
+    assert np.mean([len(r.annotations) for r in data.records]) > 2
+    assert not any("colour" in a["attributes"] for r in data.records for a in r.annotations)
+    pixels = np.asarray(data.load_image(0))
+    assert len(np.unique(pixels[~data.mask(0)], axis=0)) > 50  # per-pixel noise, not a plain or two-colour background
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"colors": "rainbow"}, "unknown colour"),
     ({"colors": "random", "min_contrast": 250}, "min_contrast 250"),
     ({"distractors": -1}, "distractors -1"),
-    ({"preset": "medium"}, "unknown preset 'medium'; choose from easy, hard"),
+    ({"preset": "medium"}, "unknown preset 'medium'; choose from easy, noise, hard"),
 ])
 def test_bad_parameters_are_one_line_errors(tmp_path, kwargs, message):
     with pytest.raises(SpatialProbeError, match=message):

@@ -115,8 +115,8 @@ def synthetic_shapes(
                                                 "from the background)."),
     min_contrast: float = typer.Option(100.0, help="colors random: least RGB distance from the background."),
     distractors: int = typer.Option(0, help="Extra shapes per image, each smaller than every object."),
-    preset: Optional[str] = typer.Option(None, help="easy: dark background, bright shapes; hard: random "
-                                                     "colours on a texture, 3 distractors."),
+    preset: Optional[str] = typer.Option(None, help="easy: dark background, bright shapes; noise / hard: random "
+                                                     "colours on a noise / texture background, 3 distractors."),
     seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
 ) -> None:
     """Write the synthetic_shapes dataset (train/val/test, boxes and masks) in COCO format."""

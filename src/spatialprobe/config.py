@@ -155,7 +155,7 @@ class ShapesParams(Strict):
     #: extra shapes per image, each smaller than every object, so the target (the largest) is never one
     distractors: int = Field(0, ge=0)
     #: easy: bright shapes on a dark background; hard: random colours on a texture, with 3 distractors
-    preset: Literal["easy", "hard"] | None = None
+    preset: Literal["easy", "noise", "hard"] | None = None
     seed: int = 0
 
 

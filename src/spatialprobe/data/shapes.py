@@ -45,7 +45,9 @@ DEFAULT_MIN_CONTRAST = 100.0  # RGB Euclidean distance between a random-colour s
 MAX_MIN_CONTRAST = 170.0  # every background (a texture's two colours included) leaves a colour this far away
 NEW_DEFAULTS = {"distractors": 0, "min_contrast": DEFAULT_MIN_CONTRAST}
 #: named bundles of drawing settings; `easy` (bright on dark) also draws from its own palette and background
-PRESETS = {"easy": {"colors": "palette"}, "hard": {"colors": "random", "background": "texture", "distractors": 3}}
+PRESETS = {"easy": {"colors": "palette"},
+           "noise": {"colors": "random", "background": "noise", "distractors": 3},
+           "hard": {"colors": "random", "background": "texture", "distractors": 3}}
 
 
 def shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float, aspect: float) -> list[tuple[float, float]]:
