@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from spatialprobe.features import grid_footprints
-from spatialprobe.metrics import paired_box_iou
+from spatialprobe.metrics import mask_iou, paired_box_iou
 from spatialprobe.probes import ProbeSplit, run_spatial_probes
-from spatialprobe.probes.bounds import ceiling_boxes, ceilings
+from spatialprobe.probes.bounds import ceiling_boxes, ceiling_masks, ceilings
 from spatialprobe.probes.footprints import mask_boxes, paint, token_coverage
 from test_probes import by_key, rectangles, split_of, with_coverage_features
 
@@ -129,6 +129,21 @@ def test_no_mask_painted_through_the_footprints_has_a_better_box(layout):
         painted = paint(torch.rand(n, split.footprints.shape[1], generator=g), split.footprints, SIZE, SIZE)
         masks = painted >= torch.rand(n, 1, 1, generator=g)
         assert (paired_box_iou(mask_boxes(masks), split.boxes) <= ceiling + 1e-12).all()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_no_mask_painted_through_the_footprints_beats_the_mask_ceiling(layout):
+    # on overlapping tiles a painted mask can cut a token in two (where another tile overlaps it), so the
+    # ceiling must range over those finer pieces, not over whole tokens
+    n = 40
+    split = split_with(LAYOUTS[layout](n, 3), random_boxes(n, 4))
+    best = ceiling_masks(split)
+    ceiling = mask_iou(best, split.masks)
+    g = torch.Generator().manual_seed(6)
+    for _ in range(20):
+        painted = paint(torch.rand(n, split.footprints.shape[1], generator=g), split.footprints, SIZE, SIZE)
+        masks = painted >= torch.rand(n, 1, 1, generator=g)
+        assert (mask_iou(masks, split.masks) <= ceiling + 1e-12).all()
 
 
 # --- a case the box of the best token mask misses -------------------------------------------------------

@@ -4,8 +4,9 @@ floor:   the metric with no features at all — the best constant prediction lea
          training labels (the mean training box; the mean training mask thresholded at the level
          that maximizes training IoU).
 ceiling: the best the stage's token resolution allows.
-         spatial_iou: the token-aligned mask with the best IoU (ground-truth token coverage
-         painted through the footprints, thresholded at each image's best level).
+         spatial_iou: the best-IoU union of atoms (pixels covered by the same tokens), which every
+         painted mask is; on a raster, the token coverage painted and thresholded at each image's
+         best level.
          bbox_iou: per image, the box with the best IoU among all boxes whose four edges lie on
          the stage's token boundaries — the footprints' edges rounded to whole mask pixels, where
          the dense probe's mask boxes have theirs (`footprints.token_edges`; for tiles and levels,
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from ..metrics import iou_of, paired_box_iou
-from .footprints import paint, token_coverage, token_edges
+from .footprints import paint, pixel_rects, token_coverage, token_edges
 from .scoring import evaluate
 
 MASK_THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.05), 2)
@@ -51,12 +52,41 @@ def floors(train, test) -> dict[str, float]:
     return {metric: value for metric, (value, _, _) in result.items()}
 
 
+def overlapping(footprints: torch.Tensor, height: int, width: int) -> bool:
+    """Whether any pixel of the mask grid lies in two footprints: their areas then add up to more than
+    the pixels they cover."""
+    r0, c0, r1, c1 = pixel_rects(footprints, height, width).unbind(-1)
+    areas = ((r1 - r0).clamp(min=0) * (c1 - c0).clamp(min=0)).sum(1)
+    covered = (paint(torch.ones(footprints.shape[:2]), footprints, height, width) > 0).flatten(1).sum(1)
+    return bool((areas > covered).any())
+
+
+def atom_coverage(masks: torch.Tensor, footprints: torch.Tensor) -> torch.Tensor:
+    """Per pixel [n, H*W], the share of its atom inside the mask (0 where no token covers it). An atom is
+    the set of pixels covered by the same tokens: painting (a mean over the covering tokens) is constant
+    on each, so every mask a reader can paint is a union of atoms. On a raster an atom is a token's cell,
+    and this is the painted token coverage; on overlapping tiles atoms are finer than tokens."""
+    n, height, width = masks.shape
+    if not overlapping(footprints, height, width):  # a raster or disjoint levels: atoms are the tokens' cells
+        return paint(token_coverage(masks, footprints), footprints, height, width).flatten(1).double()
+    generator = torch.Generator().manual_seed(0)
+    # integer weights: their sums are exact in float64, so every pixel of an atom gets the same signature
+    weights = torch.randint(1, 2**20, (2, footprints.shape[1]), generator=generator).double()
+    signatures = torch.stack([paint(w.expand(n, -1), footprints, height, width).flatten(1) for w in weights], -1)
+    truth = masks.flatten(1).double()
+    coverage = torch.zeros(n, height * width, dtype=torch.float64)
+    for i in range(n):
+        _, atom = torch.unique(signatures[i], dim=0, return_inverse=True)
+        inside = torch.zeros(int(atom.max()) + 1, dtype=torch.float64).index_add_(0, atom, truth[i])
+        coverage[i] = (inside / torch.bincount(atom).double())[atom]
+    return torch.where(signatures[..., 0] > 0, coverage, torch.zeros_like(coverage))
+
+
 def ceiling_masks(test) -> torch.Tensor:
-    """Per image, the token-aligned mask with the best IoU: the painted ground-truth coverage
-    thresholded at the level that is best for that image (an optimal token subset is always all
-    tokens above some coverage, since IoU is a linear-fractional objective)."""
-    height, width = test.masks.shape[1:]
-    painted = paint(token_coverage(test.masks, test.footprints), test.footprints, height, width).flatten(1)
+    """Per image, the best-IoU mask that the tokens can paint: the atoms (pixels covered by the same tokens)
+    above the coverage level that is best for that image (an optimal union of atoms is always all atoms
+    above some coverage, since IoU is a linear-fractional objective)."""
+    painted = atom_coverage(test.masks, test.footprints)
     truth = test.masks.flatten(1)
     order = painted.argsort(dim=1, descending=True)
     sorted_cover = painted.gather(1, order)
