@@ -25,7 +25,7 @@ def page(tmp_path, results) -> str:
 def test_a_value_whose_interval_includes_its_floor_gets_the_q2_sentence_once(tmp_path):
     html = page(tmp_path, [row("m", "vision.embed", "linear", 0.134, 0.110, 0.158),
                            row("m", "vision.block.1", "linear", 0.134, 0.118, 0.150)])
-    assert html.count(Q2) == 1
+    assert html.count(Q2) == 1 and html.count("(at floor: see the note") == 2  # each such value is marked
     assert "2 spatial-probe value(s) sit at their floor" in html and "0.134 against a floor of 0.124" in html
 
 

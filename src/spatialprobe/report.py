@@ -98,6 +98,8 @@ def results_table(results: list[dict]) -> str:
                 text = f"unavailable: {r['unavailable']}"
             else:
                 text = f"{value:.3f}" if isinstance(value, float) else ("—" if value is None else str(value))
+            if c == "value" and at_floor(r):
+                text += " (at floor: see the note on the proposal's Q2 reading under the best stages)"
             cells.append(f'<td class="{"l" if c in columns[:5] else ""}">{html.escape(text)}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
