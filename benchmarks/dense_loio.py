@@ -10,24 +10,15 @@ quickstart's shape and at shapes where images have more tokens than the features
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from extraction_throughput import best_time  # run as a script: its folder is on the path
 
 from spatialprobe.probes.ridge import RidgeSolver
 
 #: (images, tokens per image, channels): the quickstart's DINOv2-S stage; a Qwen-like merged grid at
 #: 448 px with tiny channels; a high-resolution map with few channels (Woodbury); DINOv2-S at 448 px
 SHAPES = [(300, 256, 384), (300, 256, 64), (64, 4096, 16), (300, 1024, 384)]
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
