@@ -194,11 +194,10 @@ def cached_probes(train: ProbeSplit, test: ProbeSplit, keys: dict[str, str], sto
     return [r for probe in keys for r in stored[probe]]
 
 
-def iter_results(run: ModelRun, label: str, describe: dict, train_feats, test_feats, train_data, test_data,
-                 data_key: dict, store: ResultCache, config: RunConfig) -> Iterator[tuple[str, list[dict]]]:
-    """(job, records) for the reconstruction probe and then each stage's spatial probes, in stage order."""
+def iter_results(run: ModelRun, label: str, describe: dict, judged: str, train_feats, test_feats, train_data,
+                 test_data, data_key: dict, store: ResultCache, config: RunConfig) -> Iterator[tuple[str, list[dict]]]:
+    """(job, records) for the reconstruction probe (on the judged stage) and then each stage's spatial probes."""
     base = {"model": run.name, "label": label, "family": run.family, "task": "spatial_probe", "seed": config.seed}
-    judged = judged_stage(run.name.removesuffix(" [random init]"), list(train_feats), config.decision)
     if "reconstruction_probe" in config.tasks:
         key = result_key(task="reconstruction_probe", model=model_key(describe), stage=judged, data=data_key,
                          bootstrap=config.bootstrap, seed=config.seed)
@@ -211,16 +210,16 @@ def iter_results(run: ModelRun, label: str, describe: dict, train_feats, test_fe
     for stage in train_feats:
         train = probe_split(train_data, train_feats[stage])
         test = probe_split(test_data, test_feats[stage])
-        variants = [("none" if run.control != "random_init" else "random_init", train, test)]
+        variants = [(run.control, train, test)]
         if config.controls.shuffled_tokens and run.control == "none" and train.has_spatial_tokens:
             variants.append(("shuffled", shuffle_tokens(train, config.seed), shuffle_tokens(test, config.seed + 1)))
         records = []
         for control, tr, te in variants:
-            name = run.name if control in ("none", "random_init", "pixels") else f"{run.name} [shuffled tokens]"
+            name = f"{run.name} [shuffled tokens]" if control == "shuffled" else run.name
             keys = {probe: probe_key(describe, stage, control, probe, data_key, config)
                     for probe in probes_for(tr, config.probes)}
-            records += [{**base, "model": name, "control": control if run.control != "pixels" else "pixels",
-                         "stage": stage, **record} for record in cached_probes(tr, te, keys, store, config)]
+            records += [{**base, "model": name, "control": control, "stage": stage, **record}
+                        for record in cached_probes(tr, te, keys, store, config)]
         yield stage, records
 
 
@@ -358,7 +357,8 @@ def measure_model(model_run: ModelRun, ctx: RunContext, speeds: dict[str, dict])
     config, progress = ctx.config, ctx.progress
     backbone = open_backbone(model_run, config)
     stages = backbone.resolve_stages(model_run.stages)
-    judged_stage(model_run.name.removesuffix(" [random init]"), stages, config.decision)  # a bad decision.stage fails now
+    # a decision.stage that matches nothing fails here, before any extraction
+    judged = judged_stage(model_run.name.removesuffix(" [random init]"), stages, config.decision)
     info = {**backbone.describe(), "control": model_run.control, "stages": stages}
     ctx.manifest["models"][model_run.name] = info
     if model_run.control == "none":
@@ -384,7 +384,7 @@ def measure_model(model_run: ModelRun, ctx: RunContext, speeds: dict[str, dict])
     del backbone
     jobs = len(stages) + ("reconstruction_probe" in config.tasks)
     task, finished = progress.add(f"{model_run.name}: probes", jobs), 0
-    for job, records in iter_results(model_run, info["label"], info, feats["train"], feats["test"],
+    for job, records in iter_results(model_run, info["label"], info, judged, feats["train"], feats["test"],
                                      ctx.train_data, ctx.test_data, ctx.data_key, ctx.store, config):
         results.extend(records)
         finished += 1
