@@ -1,16 +1,22 @@
-"""Extraction jobs: one (model, dataset split, shard of images) is one independent, cacheable job.
+"""Extraction jobs: one (model, dataset split, shard of images) is one independent, storable job.
 
-A job runs one forward pass per batch for all requested stages and stores each stage of the shard
-in the feature cache. A killed run loses at most the shard it was working on.
+A job runs one forward pass per batch for all requested stages, stores each stage of the shard in the
+feature store and then the shard's index (stages stored, seconds taken). A killed run loses at most
+the shard it was working on.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from .backbones.base import Backbone
-from .cache import FeatureCache, cache_key
+import torch
+
+from .cache import FeatureCache, ModelKey, stage_key
 from .features import TokenFeatures
+
+if TYPE_CHECKING:
+    from .backbones.base import Backbone
 
 
 @dataclass(frozen=True)
@@ -24,35 +30,59 @@ def plan_shards(split: str, n_images: int, shard_size: int) -> list[ShardJob]:
     return [ShardJob(split, s, min(s + shard_size, n_images)) for s in range(0, n_images, shard_size)]
 
 
-def shard_keys(model_desc: dict, dataset_hash: str, job: ShardJob, stages: list[str]) -> dict[str, str]:
-    return {
-        stage: cache_key(model=model_desc, dataset=dataset_hash, split=job.split, images=[job.start, job.stop], stage=stage)
-        for stage in stages
-    }
+def shard_keys(model_key: ModelKey, dataset_hash: str, job: ShardJob, stages: list[str]) -> dict[str, str]:
+    return {stage: stage_key(model_key, dataset_hash, job.split, job.start, job.stop, stage) for stage in stages}
 
 
-def run_shard(backbone: Backbone, model_desc: dict, data, dataset_hash: str, job: ShardJob,
+def stored_shard(cache: FeatureCache, keys: dict[str, str]) -> dict[str, TokenFeatures] | None:
+    """Every stage of a shard from the store, or None when any is missing or damaged."""
+    if not all(cache.path(key).exists() for key in keys.values()):
+        return None  # a partly stored shard is extracted again whole: one forward gives every stage
+    loaded = {stage: cache.load(key) for stage, key in keys.items()}
+    return loaded if all(f is not None for f in loaded.values()) else None
+
+
+def run_shard(backbone: "Backbone", model_key: ModelKey, data, dataset_hash: str, job: ShardJob,
               stages: list[str], cache: FeatureCache, batch_size: int) -> dict[str, TokenFeatures]:
-    """Features of one shard for every stage: from the cache when every stage is there, else extracted."""
-    keys = shard_keys(model_desc, dataset_hash, job, stages)
-    cached = {stage: cache.load(key) for stage, key in keys.items()}
-    if all(f is not None for f in cached.values()):
+    """Features of one shard for every stage, on the host as stored (float16 tokens): from the store when
+    every stage is there, else extracted, stored and indexed. Fresh and stored values are the same bits."""
+    keys = shard_keys(model_key, dataset_hash, job, stages)
+    cached = stored_shard(cache, keys)
+    if cached is not None:
         return cached
     images = [data.load_image(i) for i in range(job.start, job.stop)]
-    feats = backbone.extract(images, stages=stages, batch_size=batch_size)
-    for stage, key in keys.items():
-        cache.save(key, feats[stage])
-    # reload so a fresh run and a resumed run see exactly the same (float16) values
-    return {stage: cache.load(key) for stage, key in keys.items()}
+    begun = time.perf_counter()
+    feats = backbone.extract(images, stages=stages, batch_size=batch_size, host_dtype=torch.float16)
+    seconds = time.perf_counter() - begun
+    # save returns the values exactly as stored: no reading back
+    stored = {stage: cache.save(key, feats.pop(stage)) for stage, key in keys.items()}
+    cache.write_shard_index(model_key, dataset_hash, job.split, job.start, job.stop, stages=list(stages),
+                            all_stages=list(backbone.stages), seconds=seconds, images=job.stop - job.start)
+    return stored
 
 
-def extract_split(backbone: Backbone, data, dataset_hash: str, stages: list[str], cache: FeatureCache,
+def extract_split_to_store(backbone: "Backbone", data, dataset_hash: str, stages: list[str], cache: FeatureCache,
+                           shard_size: int = 64, batch_size: int = 8,
+                           on_shard: Callable[[ShardJob], None] | None = None,
+                           model_key: ModelKey | None = None) -> None:
+    """Every shard of a split into the store, keeping nothing: peak memory is one shard.
+    `model_key` defaults to the backbone's description (the key older callers used)."""
+    key = backbone.describe() if model_key is None else model_key
+    for job in plan_shards(data.split, len(data), shard_size):
+        run_shard(backbone, key, data, dataset_hash, job, stages, cache, batch_size)
+        if on_shard:
+            on_shard(job)
+
+
+def extract_split(backbone: "Backbone", data, dataset_hash: str, stages: list[str], cache: FeatureCache,
                   shard_size: int = 64, batch_size: int = 8,
-                  on_shard: Callable[[ShardJob], None] | None = None) -> dict[str, TokenFeatures]:
-    model_desc = backbone.describe()
+                  on_shard: Callable[[ShardJob], None] | None = None,
+                  model_key: ModelKey | None = None) -> dict[str, TokenFeatures]:
+    """Every shard of a split, stored and joined in memory (for data that fits; else `extract_split_to_store`)."""
+    key = backbone.describe() if model_key is None else model_key
     parts: dict[str, list[TokenFeatures]] = {s: [] for s in stages}
     for job in plan_shards(data.split, len(data), shard_size):
-        got = run_shard(backbone, model_desc, data, dataset_hash, job, stages, cache, batch_size)
+        got = run_shard(backbone, key, data, dataset_hash, job, stages, cache, batch_size)
         for stage in stages:
             parts[stage].append(got[stage])
         if on_shard:

@@ -16,12 +16,15 @@ class TokenFeatures:
     grid_shape: (H, W) when the N tokens form a raster in raster order (N == H * W), else None.
     extra:      tokens with no place in the image (CLS, global, newline, learned queries), by name,
                 each [B, K, C].
+    times:      [B, N, 2] float, each token's interval of the clip as t0, t1 in fractions of the clip's
+                duration (frame i of F covers [i/F, (i+1)/F)); None for still images.
     """
 
     tokens: torch.Tensor
     footprints: torch.Tensor
     grid_shape: tuple[int, int] | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    times: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.tokens.ndim != 3 or self.footprints.shape != (*self.tokens.shape[:2], 4):
@@ -31,6 +34,8 @@ class TokenFeatures:
             )
         if self.grid_shape is not None and self.grid_shape[0] * self.grid_shape[1] != self.tokens.shape[1]:
             raise ValueError(f"grid_shape {self.grid_shape} does not hold {self.tokens.shape[1]} tokens")
+        if self.times is not None and self.times.shape != (*self.tokens.shape[:2], 2):
+            raise ValueError(f"times {tuple(self.times.shape)} must be [B, N, 2] like tokens {tuple(self.tokens.shape)}")
 
     def grid(self) -> torch.Tensor:
         """Tokens as a raster [B, H, W, C]; only for stages whose tokens form a grid."""
@@ -41,13 +46,25 @@ class TokenFeatures:
 
     def with_tokens(self, tokens: torch.Tensor) -> "TokenFeatures":
         """The same footprints and extras around new tokens (e.g. cast or shuffled)."""
-        return TokenFeatures(tokens, self.footprints, self.grid_shape, self.extra)
+        return TokenFeatures(tokens, self.footprints, self.grid_shape, self.extra, self.times)
 
     def select(self, index) -> "TokenFeatures":
         """A sub-batch (index into the batch dimension)."""
         return TokenFeatures(
-            self.tokens[index], self.footprints[index], self.grid_shape, {k: v[index] for k, v in self.extra.items()}
+            self.tokens[index], self.footprints[index], self.grid_shape, {k: v[index] for k, v in self.extra.items()},
+            None if self.times is None else self.times[index],
         )
+
+    def to_host(self, dtype: torch.dtype | None = None) -> "TokenFeatures":
+        """A detached copy on the CPU, tokens and extras cast to `dtype` when given (footprints and times stay
+        float32): what leaves the device after every batch, so a shard never accumulates there."""
+        def host(t: torch.Tensor, cast: torch.dtype | None) -> torch.Tensor:
+            # copy=True: on a CPU tensor of that dtype already, .to() would return the tensor itself
+            return t.detach().to("cpu", cast or t.dtype, copy=True)
+
+        return TokenFeatures(host(self.tokens, dtype), host(self.footprints, torch.float32), self.grid_shape,
+                             {k: host(v, dtype) for k, v in self.extra.items()},
+                             None if self.times is None else host(self.times, torch.float32))
 
     def finest_side(self) -> int:
         """The side of the finest raster among the tokens (a grid's own; for tiles or levels, the finest cells)."""
@@ -61,6 +78,8 @@ class TokenFeatures:
         takes the area-weighted mean of the tokens covering it (tiles, levels and coarser grids alike)."""
         if self.tokens.shape[1] == 0:
             raise ValueError("a stage without spatial tokens cannot be put on a raster")
+        if self.times is not None:
+            raise ValueError("clip tokens cannot be put on one raster: resample each time step (not supported yet)")
         target = grid_footprints(side, side)
         weights = overlap_weights(target.double(), self.footprints.double())
         if (weights.sum(-1) == 0).any():
@@ -72,11 +91,14 @@ class TokenFeatures:
     def concat(parts: list["TokenFeatures"]) -> "TokenFeatures":
         """Join batches of the same stage along the batch dimension."""
         first = parts[0]
+        if len({p.times is None for p in parts}) > 1:
+            raise ValueError("cannot join clips with still images: every part must have times, or none")
         return TokenFeatures(
             torch.cat([p.tokens for p in parts]),
             torch.cat([p.footprints for p in parts]),
             first.grid_shape,
             {k: torch.cat([p.extra[k] for p in parts]) for k in first.extra},
+            None if first.times is None else torch.cat([p.times for p in parts]),
         )
 
 
