@@ -96,12 +96,27 @@ def painted_predictions(fit: RidgeFit, split) -> torch.Tensor:
 def dense_probe(train, test) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """Predicted masks [n, H, W], their boxes [n, 4], scores [n] and the score's kind ("learned" or "constant")."""
     fit, loio = fit_coverage(train)
-    threshold = best_threshold(loio, train.masks)
-    loio_iou = torch.from_numpy(paired_box_iou(mask_boxes(loio >= threshold), train.boxes))
-    painted = painted_predictions(fit, test)
-    masks = painted >= threshold
+    return masks_and_scores(loio, painted_predictions(fit, train), painted_predictions(fit, test), train)
+
+
+def dense_probe_streaming(train, test) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """`dense_probe` from the K-fold fit of `dense_stream` (out-of-fold coverage where the exact fit has LOIO),
+    reading the tokens shard by shard: for splits above `dense_stream.EXACT_NUMBERS`."""
+    from .dense_stream import fit_streaming
+
+    held_out, train_painted, test_painted, _ = fit_streaming(train, test)
+    return masks_and_scores(held_out, train_painted, test_painted, train)
+
+
+def masks_and_scores(held_out: torch.Tensor, train_painted: torch.Tensor, test_painted: torch.Tensor,
+                     train) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """Test masks, boxes, scores and the score's kind from painted coverage: held out (LOIO or out-of-fold)
+    and full-fit on the training images, full-fit on the test images."""
+    threshold = best_threshold(held_out, train.masks)
+    held_out_iou = torch.from_numpy(paired_box_iou(mask_boxes(held_out >= threshold), train.boxes))
+    masks = test_painted >= threshold
     # the head's inputs come from the full fit on both sides, as the test's must; LOIO coverage would
     # carry each image's own absence (the others' mean), which ranks training images and nothing else
-    train_features = coverage_features(painted_predictions(fit, train), threshold)
-    scores, kind = score_head(train_features, loio_iou, coverage_features(painted, threshold))
+    train_features = coverage_features(train_painted, threshold)
+    scores, kind = score_head(train_features, held_out_iou, coverage_features(test_painted, threshold))
     return masks, mask_boxes(masks), scores, kind

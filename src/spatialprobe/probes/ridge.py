@@ -26,14 +26,23 @@ BLOCK_BUDGET = 2**24
 
 @dataclass
 class RidgeFit:
-    coef: torch.Tensor  # [d, k], in the units of the raw features
-    intercept: torch.Tensor  # [k]
+    coef: torch.Tensor | None  # [d, k], in the units of the raw features (None for a fit from a Gram matrix alone)
+    intercept: torch.Tensor  # [k] (for a fit from a Gram matrix: the mean target, the intercept of centered features)
     alpha: float  # in the solver's scaled units
     #: [n, k] leave-one-out predictions on the training set (leave-one-group-out if fitted by groups)
     loo_predictions: torch.Tensor
+    #: dual fits only: [n, k] weights of the training samples, so that the centered prediction for x is
+    #: ((x - mean) . (x_j - mean))_j @ dual_weights / scale^2 -- what a fit from a Gram matrix predicts with
+    dual_weights: torch.Tensor | None = None
+    scale: float = 1.0
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(torch.float64) @ self.coef + self.intercept).float()
+
+    def predict_from_cross(self, cross: torch.Tensor) -> torch.Tensor:
+        """Predictions [m, k] from the centered cross Gram [m, n]: (x_t - mean) . (x_j - mean) for each
+        test sample t and training sample j, the mean being the training samples' (see `centered_grams`)."""
+        return (cross.to(torch.float64) @ self.dual_weights / self.scale ** 2 + self.intercept).float()
 
 
 class RidgeSolver:
@@ -49,13 +58,32 @@ class RidgeSolver:
         centered /= self.scale
         self.dual = self.d >= self.n
         gram = centered @ centered.T if self.dual else centered.T @ centered
+        self.centered_t = centered.T if self.dual else None
+        self._decompose(gram, centered)
+
+    @classmethod
+    def from_gram(cls, centered_gram: torch.Tensor, d: int) -> "RidgeSolver":
+        """The dual solver from the centered Gram matrix [n, n] of n samples of d features alone, with the
+        same scale, alpha grid, leave-one-out and fits as from the samples: the design is never needed.
+        Its fits predict through `RidgeFit.predict_from_cross` (they have no `coef`)."""
+        solver = cls.__new__(cls)
+        gram = centered_gram.to(torch.float64)
+        solver.n, solver.d = len(gram), d
+        solver.mean = None
+        # sum of squares of the centered samples = trace of their Gram matrix
+        solver.scale = (gram.diagonal().sum() / (solver.n * d)).sqrt().clamp(min=1e-12).item()
+        solver.dual = True
+        solver.centered_t = None
+        solver._decompose(gram / solver.scale ** 2, None)
+        return solver
+
+    def _decompose(self, gram: torch.Tensor, centered: torch.Tensor | None) -> None:
         evals, evecs = torch.linalg.eigh(gram)
         self.evals = evals.clamp(min=0)
         self.evecs = evecs
         # rows of P hold each sample in the eigenbasis: P = U (dual) or X V (primal)
         self.p = evecs if self.dual else centered @ evecs
         self.p_squared = self.p.pow(2)
-        self.centered_t = centered.T if self.dual else None
         positive = self.evals[self.evals > self.evals.max() * 1e-10]
         self.alphas = ALPHA_GRID * (positive.mean().item() if len(positive) else 1.0)
 
@@ -133,14 +161,15 @@ class RidgeSolver:
         else:
             residuals = self._group_loo(yc, best, group_size)
         shrink = self._shrink(best)
-        if self.dual:
-            # w = X^T U diag(1/(s+a)) U^T y
-            coef = self.centered_t @ (self.p @ ((1.0 / (self.evals + best))[:, None] * (self.p.T @ yc)))
-        else:
-            coef = self.evecs @ (shrink[:, None] * (self.p.T @ yc))
-        coef = coef / self.scale
-        intercept = y_mean - self.mean @ coef
-        return RidgeFit(coef, intercept, best, y - residuals)
+        if not self.dual:
+            coef = self.evecs @ (shrink[:, None] * (self.p.T @ yc)) / self.scale
+            return RidgeFit(coef, y_mean - self.mean @ coef, best, y - residuals)
+        # w = X^T U diag(1/(s+a)) U^T y: the samples' weights U diag(1/(s+a)) U^T y, then through X^T if X is known
+        weights = self.p @ ((1.0 / (self.evals + best))[:, None] * (self.p.T @ yc))
+        if self.centered_t is None:
+            return RidgeFit(None, y_mean, best, y - residuals, weights, self.scale)
+        coef = self.centered_t @ weights / self.scale
+        return RidgeFit(coef, y_mean - self.mean @ coef, best, y - residuals, weights, self.scale)
 
 
 def fit_ridge(x: torch.Tensor, y: torch.Tensor, alpha: float | None = None, group_size: int = 1) -> RidgeFit:
