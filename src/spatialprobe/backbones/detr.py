@@ -77,7 +77,7 @@ class DetrBackbone(HookedBackbone):
 
     @property
     def detr(self) -> torch.nn.Module:
-        return self.model.model
+        return self.unwrapped_model.model
 
     def stage_modules(self) -> dict[str, torch.nn.Module]:
         maps = feature_map_modules(self.detr.backbone.model)

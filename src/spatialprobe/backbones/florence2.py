@@ -77,14 +77,14 @@ class Florence2Backbone(HookedBackbone):
 
     @property
     def tower(self) -> torch.nn.Module:
-        return self.model.model.vision_tower
+        return self.unwrapped_model.model.vision_tower
 
     def stage_modules(self) -> dict[str, torch.nn.Module]:
         stages = {"vision.embed": self.tower.convs[0]}
         blocks = [block for stage in self.tower.blocks for block in stage]
         stages.update({f"vision.block.{i}": block for i, block in enumerate(blocks)})
-        stages["projector.out"] = self.model.model.multi_modal_projector
-        encoder = self.model.model.language_model.encoder
+        stages["projector.out"] = self.unwrapped_model.model.multi_modal_projector
+        encoder = self.unwrapped_model.model.language_model.encoder
         stages.update({f"llm.layer.{i}": layer for i, layer in enumerate(encoder.layers)})
         return stages
 

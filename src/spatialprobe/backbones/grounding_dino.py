@@ -88,7 +88,7 @@ class GroundingDinoBackbone(HookedBackbone):
 
     @property
     def dino(self) -> torch.nn.Module:
-        return self.model.model
+        return self.unwrapped_model.model
 
     def stage_modules(self) -> dict[str, torch.nn.Module]:
         swin = self.dino.backbone.conv_encoder.model

@@ -140,15 +140,16 @@ class LlavaNextBackbone(HookedBackbone):
 
     @property
     def tower(self) -> torch.nn.Module:
-        tower = self.model.model.vision_tower
+        tower = self.unwrapped_model.model.vision_tower
         return getattr(tower, "vision_model", tower)
 
     def stage_modules(self) -> dict[str, torch.nn.Module]:
         stages = {"vision.embed": self.tower.embeddings}
         stages.update({f"vision.block.{i}": block for i, block in enumerate(self.tower.encoder.layers)})
         # the projector runs per tile; to_features packs its output exactly as pack_image_features does
-        stages["projector.out"] = self.model.model.multi_modal_projector
-        stages.update({f"llm.layer.{i}": layer for i, layer in enumerate(self.model.model.language_model.layers)})
+        stages["projector.out"] = self.unwrapped_model.model.multi_modal_projector
+        layers = self.unwrapped_model.model.language_model.layers
+        stages.update({f"llm.layer.{i}": layer for i, layer in enumerate(layers)})
         return stages
 
     def preprocessing(self) -> dict[str, Any]:
@@ -198,7 +199,7 @@ class LlavaNextBackbone(HookedBackbone):
         if stage == "projector.out":
             tokens, _ = self._in_llm_order(raw, batch)
             rows = self.layout.mosaic_shape[0]
-            newline = self.model.model.image_newline.float().expand(batch.images, rows, -1).to(raw.device)
+            newline = self.unwrapped_model.model.image_newline.float().expand(batch.images, rows, -1).to(raw.device)
             return TokenFeatures(tokens.float(), footprints, None, {"newline": newline})
         lead = raw.shape[1] - self.layout.side ** 2  # CLS
         tokens, dropped = self._in_llm_order(raw[:, lead:], batch)

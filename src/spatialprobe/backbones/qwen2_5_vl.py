@@ -70,13 +70,14 @@ class Qwen25VLBackbone(HookedBackbone):
 
     @property
     def visual(self) -> torch.nn.Module:
-        return self.model.model.visual
+        return self.unwrapped_model.model.visual
 
     def stage_modules(self) -> dict[str, torch.nn.Module]:
         stages = {"vision.embed": self.visual.patch_embed}
         stages.update({f"vision.block.{i}": b for i, b in enumerate(self.visual.blocks)})
         stages["projector.out"] = self.visual.merger
-        stages.update({f"llm.layer.{i}": layer for i, layer in enumerate(self.model.model.language_model.layers)})
+        layers = self.unwrapped_model.model.language_model.layers
+        stages.update({f"llm.layer.{i}": layer for i, layer in enumerate(layers)})
         return stages
 
     def preprocessing(self) -> dict[str, Any]:
