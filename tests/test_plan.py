@@ -65,3 +65,56 @@ def test_dry_run_command_lists_jobs_without_loading():
     assert result.exit_code == 0, result.output
     for expected in ("qwen2.5-vl-7b-mod-b", "cogvlm2-19b", "hybrid.concat", "extraction jobs", "estimated from the name"):
         assert expected in result.output
+
+
+def test_dry_run_shows_shared_extractions_and_totals():
+    result = CliRunner().invoke(app, ["run", str(PHASE1), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    shared = [line for line in result.stdout.splitlines() if "Qwen/Qwen2.5-VL-7B-Instruct, none)" in line]
+    assert len(shared) == 1 and "shared by qwen2.5-vl-7b, qwen2.5-vl-7b-mod-a, qwen2.5-vl-7b-mod-b, " \
+                                "hybrid-owlvit-qwen.semantic" in shared[0]
+    assert "GPU-hours" in result.stdout and "disk" in result.stdout
+
+
+def test_json_needs_dry_run():
+    result = CliRunner().invoke(app, ["run", str(PHASE1), "--json"])
+    assert result.exit_code == 2 and "--json prints the plan: it goes with --dry-run" in result.output
+
+
+def test_presets_extract_the_union_of_their_stages():
+    from spatialprobe.plan import plan_jobs
+
+    config = parse_config({"models": [
+        {"name": "a", "family": "qwen2_5_vl", "path": "org/vlm", "preset": "mod_a", "random_init_control": False},
+        {"name": "b", "family": "qwen2_5_vl", "path": "org/vlm", "preset": "mod_b", "random_init_control": False}],
+        "controls": {"pixels": False}})
+    extraction = plan_jobs(config)["extraction"]
+    assert {e["model_key"] for e in extraction} == {extraction[0]["model_key"]}
+    assert extraction[0]["stages"] == ["vision.block.-1", "vision.*", "projector.*"] and extraction[0]["runs"] == ["a", "b"]
+
+
+def test_stored_shards_are_cached_and_their_measured_seconds_replace_the_assumption(tmp_path):
+    from spatialprobe.cache import FeatureCache
+    from spatialprobe.data import dataset_hash, generate_synthetic_shapes
+    from spatialprobe.plan import plan_jobs
+    from spatialprobe.runner import load_split
+
+    shapes = {"n_train": 8, "n_val": 0, "n_test": 8, "image_size": 32}
+    root = generate_synthetic_shapes(tmp_path / "data", **shapes)
+    config = parse_config({"models": [{"name": "d", "family": "dinov2", "path": str(save_tiny("dinov2", tmp_path / "d")),
+                                       "random_init_control": False}],
+                           "controls": {"pixels": False}, "dataset": {"path": str(root), "shapes": shapes},
+                           "shard_size": 4, "cache_dir": str(tmp_path / "cache")})
+    data_hash = dataset_hash(root, load_split(root, "train", config), load_split(root, "test", config))
+    before = plan_jobs(config)
+    assert before["data_hash"] == data_hash and not any(e["cached"] for e in before["extraction"])
+    key = before["extraction"][0]["model_key"]
+    every = ["vision.embed", "vision.block.0", "vision.block.1"]
+    store = FeatureCache(tmp_path / "cache" / "features")
+    store.write_shard_index(key, data_hash, "train", 0, 4, stages=every, all_stages=every, seconds=2.0, images=4)
+    store.write_shard_index(key, data_hash, "train", 4, 8, stages=every[:1], all_stages=every, seconds=6.0, images=4)
+    after = plan_jobs(config)
+    assert [e["cached"] for e in after["extraction"]] == [True, False, False, False]  # the second lacks two stages
+    model = after["models"][0]
+    assert model["seconds_per_image"] == pytest.approx((0.5 + 1.5) / 2) and model["seconds_source"].startswith("measured")
+    assert model["images_to_extract"] == 12 and model["gpu_hours"] == pytest.approx(12 * 1.0 / 3600)

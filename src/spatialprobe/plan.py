@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 from .config import RunConfig
 from .extract import plan_shards
@@ -126,3 +127,380 @@ def plan(config: RunConfig, trust_remote_code: bool = False) -> list[PlannedMode
             stages = stage_summary(local_config(run.path) if run.path else None, run.stages)
         planned.append(PlannedModel(run.name, run.family, run.control, stages, params, source, memory, shards))
     return planned
+
+
+# --- the plan as jobs: shared extractions, task jobs and the cost estimate (`run --dry-run --json`) ----------
+#
+# Every extraction is planned per model spec key, so runs that read one checkpoint (a baseline, its presets,
+# a hybrid's part) extract it once, with the union of the stages they ask for. Costs come from the store's
+# shard indexes (measured seconds per image) where a run has stored them, else from these stated assumptions
+# (docs/design-notes.md, "GPU-hour estimate"):
+
+#: sustained forward throughput of one A100 in bfloat16: ~32% of its 312 TFLOP/s peak (hooks, batches of 8,
+#: no fused kernels); float32 runs at its 19.5 TFLOP/s peak times the same share
+SUSTAINED_FLOPS = {"bfloat16": 100e12, "float16": 100e12, "float32": 6.2e12}
+#: bitsandbytes matmuls dequantize on the fly: slower than bfloat16 by these factors
+QUANTIZED_SLOWDOWN = {"4bit": 3.0, "8bit": 4.0}
+#: probe algebra (Gram, X^T X) in float32 on the same GPU: TF32 tensor cores at ~50% of 156 TFLOP/s
+PROBE_FLOPS = 78e12
+#: text tokens of the prompt around the image tokens (the LLM stages read image tokens only)
+PROMPT_TOKENS = 64
+#: forward passes per image by the speed task (warm-up and timed) and per question by vqa (prefill + short answer)
+SPEED_PASSES, VQA_PASSES = 3, 2
+STORED_BYTES = 2  # float16 features
+#: features written per second (device to host in float16, checksum, local NVMe): extraction of many stages
+#: is bound by this as much as by the forward pass
+STORE_BYTES_PER_SECOND = 1e9
+ACCUMULATOR_BYTES = 8  # float64 Gram and X^T X
+
+
+@dataclass(frozen=True)
+class Tower:
+    depth: int
+    width: int
+
+    @property
+    def params(self) -> float:
+        """Parameters of a transformer of this shape: 12 width^2 per block (attention 4, MLP 8)."""
+        return 12 * self.depth * self.width ** 2
+
+
+@dataclass(frozen=True)
+class FamilyShape:
+    """Stated shapes of a family at its default checkpoint size, used when config.json is not on disk."""
+    vision: Tower
+    vision_tokens: Callable[[int], int]  # image tokens of the vision tower at the configured resolution
+    llm_tokens: Callable[[int], int] | None  # image tokens the LLM (and projector) sees; None: no LLM
+    resolution: int
+
+
+FAMILY_SHAPES = {
+    # 14-px patches, 2x2 merger (proposal 3.1.4): 1,024 vision and 256 LLM tokens at 448 px
+    "qwen2_5_vl": FamilyShape(Tower(32, 1280), lambda r: (r // 14) ** 2, lambda r: (r // 28) ** 2, 448),
+    # CLIP ViT-L/336, anyres: the base image and a 2x2 grid of 336-px tiles, 577 tokens each; the LLM sees
+    # 5 x 576 plus one newline token per row of the packed grid
+    "llava_next": FamilyShape(Tower(24, 1024), lambda r: 5 * 577, lambda r: 5 * 576 + 48, 336),
+    # InternViT-300M on 448-px tiles (a square image: one tile), pixel shuffle 4:1
+    "internvl": FamilyShape(Tower(24, 1024), lambda r: 1025, lambda r: 256, 448),
+    # EVA2-CLIP-E at its fixed 1,344 px, 2x2 conv downsampling
+    "cogvlm2": FamilyShape(Tower(63, 1792), lambda r: 96 * 96, lambda r: 48 * 48 + 2, 1344),
+    "glm4v": FamilyShape(Tower(24, 1536), lambda r: (r // 14) ** 2, lambda r: (r // 28) ** 2, 336),
+    "owlvit": FamilyShape(Tower(12, 768), lambda r: 577, None, 768),
+    "owlv2": FamilyShape(Tower(12, 768), lambda r: 3601, None, 960),
+    "pixels": FamilyShape(Tower(0, 588), lambda r: (r // 14) ** 2, None, 224),
+}
+DEFAULT_SHAPE = FamilyShape(Tower(12, 768), lambda r: (r // 14) ** 2 + 1, None, 224)
+#: LLM (layers, width) by size class in billions of parameters (Llama-2 / Yi / InternLM shapes)
+LLM_SHAPES = {7: Tower(32, 4096), 13: Tower(40, 5120), 20: Tower(48, 6144), 34: Tower(60, 7168), 70: Tower(80, 8192)}
+#: the vision tower of the larger InternVL2 checkpoints (InternViT-6B)
+INTERNVIT_6B = Tower(45, 3200)
+
+
+@dataclass(frozen=True)
+class StageShape:
+    name: str
+    tokens: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """What one spec costs per image: forward FLOPs, its stages (estimated names and shapes), and the source."""
+    flops: float
+    stages: tuple[StageShape, ...]
+    source: str  # where the shapes come from
+
+
+def tower_from(config_json: dict | None, key: str, default: Tower) -> Tower:
+    sub = (config_json or {}).get(key) or {}
+    depth = next((sub[k] for k in ("depth", "num_hidden_layers", "num_layers") if isinstance(sub.get(k), int)), None)
+    width = next((sub[k] for k in ("hidden_size", "embed_dim", "width") if isinstance(sub.get(k), int)), None)
+    return Tower(depth or default.depth, width or default.width)
+
+
+def llm_tower(params_b: float | None, vision: Tower) -> Tower:
+    """The LLM's shape by the nearest size class (log scale) of what the parameters leave after the vision tower."""
+    billions = max((params_b or 7.0) - vision.params / 1e9, 0.5)
+    nearest = min(LLM_SHAPES, key=lambda size: abs(math.log(size / billions)))
+    return LLM_SHAPES[nearest]
+
+
+def model_cost(spec) -> ModelCost:
+    """Forward FLOPs per image and the stages (names and shapes) of a spec, from config.json when it is on
+    disk, else the family's stated shapes; a hybrid's parts are priced as their own specs."""
+    shape = FAMILY_SHAPES.get(spec.family, DEFAULT_SHAPE)
+    resolution = dict(spec.options).get("resolution") or shape.resolution
+    config_json = local_config(spec.path) if spec.path and spec.variant != "pixels" else None
+    params = safetensors_params(spec.path) if config_json else None
+    params = params or params_from_name(spec.path or "")
+    default_vision = INTERNVIT_6B if spec.family == "internvl" and (params or 0) >= 20 else shape.vision
+    vision = tower_from(config_json, "vision_config", default_vision)
+    n_vision = shape.vision_tokens(resolution)
+    stages = [StageShape("vision.embed", n_vision, vision.width)]
+    stages += [StageShape(f"vision.block.{i}", n_vision, vision.width) for i in range(vision.depth)]
+    flops = 2 * vision.params * n_vision + 4 * vision.depth * n_vision ** 2 * vision.width
+    if shape.llm_tokens is not None and spec.variant != "pixels":
+        llm = tower_from(config_json, "text_config", llm_tower(params, vision))
+        n_llm = shape.llm_tokens(resolution)
+        stages.append(StageShape("projector.out", n_llm, llm.width))
+        stages += [StageShape(f"llm.layer.{i}", n_llm, llm.width) for i in range(llm.depth)]
+        tokens = n_llm + PROMPT_TOKENS
+        flops += 2 * llm.params * tokens + 4 * llm.depth * tokens ** 2 * llm.width
+    source = "config.json on disk" if config_json else f"stated {spec.family} shapes"
+    if spec.path == "tiny":  # keyed by its string until built: priced as the family's full-size checkpoint
+        source += " (tiny checkpoint not built yet: an overestimate)"
+    return ModelCost(flops, tuple(stages), source)
+
+
+def requested_shapes(cost: ModelCost, patterns) -> list[StageShape]:
+    """The estimated stages a list of patterns names ("all": every one)."""
+    from .stages import match_stages
+
+    if patterns == "all":
+        return list(cost.stages)
+    names = [s.name for s in cost.stages]
+    wanted = {name for pattern in patterns for name in match_stages(pattern, names)}
+    return [s for s in cost.stages if s.name in wanted]
+
+
+def stage_bytes(shapes: list[StageShape]) -> int:
+    return sum(s.tokens * s.channels * STORED_BYTES for s in shapes)
+
+
+def seconds_per_image(spec, dtype: str, stored_bytes: int = 0) -> float:
+    """Stated seconds per image on one A100: the forward pass (SUSTAINED_FLOPS) and writing `stored_bytes`."""
+    slowdown = QUANTIZED_SLOWDOWN.get(spec.quantization, 1.0)
+    forward = sum(model_cost(s).flops for s in (spec.parts or (spec,))) / SUSTAINED_FLOPS[dtype] * slowdown
+    return forward + stored_bytes / STORE_BYTES_PER_SECOND
+
+
+def union_stages(requests) -> str | list[str]:
+    """The union of stage pattern lists; "all" (None) absorbs everything."""
+    if any(stages is None for stages in requests):
+        return "all"
+    union: list[str] = []
+    for stages in requests:
+        union += [s for s in stages if s not in union]
+    return union
+
+
+def find_data_hash(config: RunConfig) -> str | None:
+    """The dataset's content hash when its folder exists (complete), else None; builds nothing."""
+    from .cache import cache_key
+    from .data import dataset_hash
+    from .data.shapes import GENERATOR_VERSION
+    from .errors import SpatialProbeError
+    from .runner import load_split, work_dir
+
+    spec = config.dataset
+    if spec.kind == "coco":
+        root = spec.path
+    else:
+        folder = f"synthetic_shapes-{cache_key(**spec.shapes.model_dump(), version=GENERATOR_VERSION)[:12]}"
+        root = spec.path or work_dir(config) / "datasets" / folder
+        if not (Path(root) / "dataset.json").is_file():
+            return None
+    if root is None or not Path(root).is_dir():
+        return None
+    try:
+        return dataset_hash(root, load_split(Path(root), spec.train_split, config),
+                            load_split(Path(root), spec.test_split, config))
+    except (SpatialProbeError, OSError, ValueError):
+        return None
+
+
+def feature_store(config: RunConfig):
+    from .cache import FeatureCache
+    from .runner import work_dir
+
+    return FeatureCache(work_dir(config) / "features" if config.cache_dir else None)
+
+
+def shard_state(store, key: str, data_hash: str | None, shard, patterns) -> tuple[bool, dict | None]:
+    """(every requested stage stored, the shard's index) from the store's shard index, if it keeps one."""
+    from .stages import match_stages
+
+    lookup = getattr(store, "shard_index", None)
+    index = lookup(key, data_hash, shard.split, shard.start, shard.stop) if lookup and data_hash else None
+    if not index:
+        return False, None
+    stored, known = set(index["stages"]), list(index["all_stages"])
+    wanted = known if patterns == "all" else [s for p in patterns for s in match_stages(p, known)]
+    return bool(wanted) and set(wanted) <= stored, index
+
+
+def shared_extractions(runs) -> dict[str, dict]:
+    """Spec key -> {spec, who, stages}: every run (or hybrid part) that reads one checkpoint, grouped."""
+    from .spec import extraction_requests
+
+    groups: dict[str, dict] = {}
+    for run in runs:
+        for who, spec, stages in extraction_requests(run):
+            group = groups.setdefault(spec.key(), {"spec": spec, "who": [], "requests": []})
+            group["who"].append(who)
+            group["requests"].append(stages)
+    for group in groups.values():
+        group["stages"] = union_stages(group["requests"])
+    return groups
+
+
+def plan_extractions(config: RunConfig, groups: dict, data_hash: str | None) -> tuple[list[dict], list[dict]]:
+    """One entry per (spec key, split, shard), and one summary per spec key with its cost."""
+    store = feature_store(config)
+    entries, models = [], []
+    for key, group in groups.items():
+        spec, patterns = group["spec"], group["stages"]
+        measured, todo, cached_images = [], 0, 0
+        for split, n in split_sizes(config).items():
+            for number, shard in enumerate(plan_shards(split, n, config.shard_size)):
+                cached, index = shard_state(store, key, data_hash, shard, patterns)
+                if index and index.get("seconds") and index.get("images"):
+                    measured.append(index["seconds"] / index["images"])
+                todo += 0 if cached else shard.stop - shard.start
+                cached_images += shard.stop - shard.start if cached else 0
+                entries.append({"model_key": key, "family": spec.family, "path": spec.path, "variant": spec.variant,
+                                "split": split, "shard": number,
+                                "start": shard.start, "stop": shard.stop, "stages": patterns,
+                                "runs": list(group["who"]), "cached": cached})
+        models.append(model_summary(key, group, config, measured, todo, cached_images))
+    return entries, models
+
+
+def model_summary(key: str, group: dict, config: RunConfig, measured: list[float], todo: int, cached: int) -> dict:
+    spec = group["spec"]
+    costs = [model_cost(s) for s in (spec.parts or (spec,))]
+    shapes = [s for cost in costs for s in requested_shapes(cost, group["stages"])]
+    per_image = sum(measured) / len(measured) if measured else seconds_per_image(spec, config.dtype, stage_bytes(shapes))
+    return {"model_key": key, "family": spec.family, "path": spec.path, "variant": spec.variant,
+            "runs": list(group["who"]), "stages": group["stages"], "stage_count": len(shapes),
+            "images_to_extract": todo, "images_cached": cached,
+            "seconds_per_image": per_image, "seconds_source": "measured (shard index)" if measured else
+            f"assumed ({costs[0].source}, A100 {config.dtype} at {SUSTAINED_FLOPS[config.dtype] / 1e12:.0f} TFLOP/s)",
+            "gpu_hours": todo * per_image / 3600, "bytes_per_image": stage_bytes(shapes),
+            "shard_bytes": stage_bytes(shapes) * config.shard_size, "disk_bytes": stage_bytes(shapes) * todo}
+
+
+def run_stages(run) -> list[StageShape]:
+    """The (estimated) stages a run's tasks read: its requested stages, or a hybrid's parts on one grid."""
+    if run.spec.parts:
+        parts = [requested_shapes(model_cost(part), [stage])
+                 for (name, stage), part in zip(run.spec.part_layout(), run.spec.parts)]
+        side = max((s.tokens for found in parts for s in found), default=0)
+        named = [StageShape(f"hybrid.{name}", side, found[0].channels if found else 0)
+                 for (name, _), found in zip(run.spec.part_layout(), parts)]
+        return named + [StageShape("hybrid.concat", side, sum(s.channels for s in named))]
+    return requested_shapes(model_cost(run.spec), "all" if run.stages is None else list(run.stages))
+
+
+def probe_flops(shape: StageShape, n_train: int, fits: int, probes: list[str]) -> float:
+    """Fit cost of one stage: the flattened linear probe's Gram (2 n^2 N C) and the dense probe's X^T X
+    (2 C^2 n N); the pooled probe's C^2 n is small beside them."""
+    flops = 0.0
+    if "linear" in probes:
+        flops += 2 * n_train ** 2 * shape.tokens * shape.channels
+    if "dense" in probes:
+        flops += 2 * shape.channels ** 2 * n_train * shape.tokens
+    if "pooled" in probes:
+        flops += 2 * shape.channels ** 2 * n_train
+    return flops * fits
+
+
+def plan_tasks(config: RunConfig, runs) -> tuple[list[dict], float]:
+    """One entry per (task, run, stage | "judged" | "model") job, and the probe fits' FLOPs."""
+    from .backbones import backbone_class
+
+    n_train = next(iter(split_sizes(config).values()))  # the training split comes first
+    entries, flops = [], 0.0
+    for run in runs:
+        stages = run_stages(run)
+        variants = 2 if config.controls.shuffled_tokens and run.control == "none" else 1
+        fits = variants * (1 + config.probe_resamples)
+        for stage in stages:
+            entries.append({"task": "spatial_probe", "run": run.name, "stage": stage.name, "probes": config.probes})
+            flops += probe_flops(stage, n_train, fits, config.probes)
+        if "reconstruction_probe" in config.tasks:
+            entries.append({"task": "reconstruction_probe", "run": run.name, "stage": "judged"})
+        for task in ("speed", "vqa"):
+            answers = task == "speed" or hasattr(backbone_class(run.family), "answer")
+            if task in config.tasks and run.control == "none" and answers:
+                entries.append({"task": task, "run": run.name, "stage": "model", "model_key": run.spec.key()})
+    return entries, flops
+
+
+def model_job_hours(config: RunConfig, runs) -> float:
+    """GPU-hours of the speed and vqa tasks: forward passes at each model's stated seconds per image (a shard
+    index's measured seconds include writing features, which these tasks do not)."""
+    hours = 0.0
+    for run in runs:
+        if run.control != "none":
+            continue
+        seconds = seconds_per_image(run.spec, config.dtype)
+        passes = SPEED_PASSES * config.speed_images * ("speed" in config.tasks)
+        passes += VQA_PASSES * config.vqa_questions * ("vqa" in config.tasks)
+        hours += passes * seconds / 3600
+    return hours
+
+
+def built_folders(config: RunConfig) -> Callable[[str, str], str]:
+    """A resolver that builds nothing: "tiny" and "installed:" paths become the folders the runner would use
+    when those are already complete (so a dry run sees the run's keys and its stored shards), else stay strings."""
+    from .runner import work_dir
+    from .testing import TINY_MARKER
+    from .weights import MARKER, weights_home
+
+    def resolve(path: str, family: str) -> str:
+        if path == "tiny":
+            folder, marker = work_dir(config) / "tiny" / family, TINY_MARKER
+        elif path.startswith("installed:"):
+            folder, marker = weights_home() / path.removeprefix("installed:"), MARKER
+        else:
+            return path
+        return str(folder) if (folder / marker).is_file() else path
+
+    return resolve
+
+
+def plan_jobs(config: RunConfig, trust_remote_code: bool = False,
+              resolve: Callable[[str, str], str] | None = None) -> dict:
+    """The whole plan as JSON-able data: shared extractions (with `cached` from the store's shard indexes),
+    task jobs, and the estimate of GPU-hours, host RAM and disk. Loads and builds nothing: "tiny" and
+    "installed:" paths not built yet are keyed by their string (`resolve(path, family)` replaces that)."""
+    from .spec import spec_runs
+
+    runs = spec_runs(config, resolve or built_folders(config), trust_remote_code)
+    data_hash = find_data_hash(config)
+    extractions, models = plan_extractions(config, shared_extractions(runs), data_hash)
+    tasks, fit_flops = plan_tasks(config, runs)
+    return {"config": config.name, "data_hash": data_hash, "shard_size": config.shard_size,
+            "runs": [{"name": r.name, "label": r.label, "control": r.control, "model_key": r.spec.key(),
+                      "stages": "all" if r.stages is None else list(r.stages)} for r in runs],
+            "models": models, "extraction": extractions, "tasks": tasks,
+            "estimate": estimate(config, runs, models, fit_flops)}
+
+
+def estimate(config: RunConfig, runs, models: list[dict], fit_flops: float) -> dict:
+    extraction = sum(m["gpu_hours"] for m in models)
+    model_jobs = model_job_hours(config, runs)
+    probes = fit_flops / PROBE_FLOPS / 3600
+    n_train = next(iter(split_sizes(config).values()))  # the training split comes first
+    widest = max((s for r in runs for s in run_stages(r)), key=lambda s: s.channels, default=None)
+    accumulators = (n_train ** 2 + (widest.channels ** 2 if widest else 0)) * ACCUMULATOR_BYTES
+    largest = max(models, key=lambda m: m["shard_bytes"], default=None)
+    return {"gpu_hours": extraction + model_jobs + probes, "extraction_gpu_hours": extraction,
+            "speed_vqa_gpu_hours": model_jobs, "probe_fit_gpu_hours": probes,
+            "probe_fit_pflop": fit_flops / 1e15,
+            "host_ram_gb": ((largest["shard_bytes"] if largest else 0) + accumulators) / 1e9,
+            "host_ram_model": largest and largest["runs"][0],
+            "disk_gb": sum(m["disk_bytes"] for m in models) / 1e9,
+            "assumptions": ASSUMPTIONS}
+
+
+ASSUMPTIONS = (f"forward FLOPs per image = 2 x parameters x tokens + 4 x layers x tokens^2 x width, per tower; "
+               f"sustained A100 throughput {SUSTAINED_FLOPS['bfloat16'] / 1e12:.0f} TFLOP/s bf16 "
+               f"({SUSTAINED_FLOPS['float32'] / 1e12:.1f} float32) plus {STORE_BYTES_PER_SECOND / 1e9:.0f} GB/s of feature "
+               f"writes, bitsandbytes 4bit x{QUANTIZED_SLOWDOWN['4bit']:.0f} "
+               f"and 8bit x{QUANTIZED_SLOWDOWN['8bit']:.0f} slower; probe fits 2 n^2 N C (linear Gram) + "
+               f"2 C^2 n N (dense) at {PROBE_FLOPS / 1e12:.0f} TFLOP/s; disk = tokens x channels x 2 bytes per stored "
+               f"stage and image; host RAM = one shard of every stage of the largest model + the float64 "
+               f"accumulators (n x n Gram, C x C); measured seconds per image replace the assumption where a "
+               f"shard index has them")
