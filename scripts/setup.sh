@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv with the exact CPU-machine PyTorch pins and spatialprobe (editable) with test extras.
+# Creates .venv with the exact CPU-machine PyTorch pins and spatialprobe (editable) with the test and ray extras.
 # Idempotent: skips the install when pyproject.toml has not changed since the last one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,5 +11,6 @@ if [ -f "$stamp" ]; then exit 0; fi
 .venv/bin/pip install --quiet --upgrade pip
 # torch/torchvision pinned here only (pyproject declares ranges): these builds lie on the CI machines' disk
 .venv/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
-.venv/bin/pip install --quiet -e ".[test]"
+# the ray extra too: tests/test_executors.py runs the Ray executor (it skips without Ray)
+.venv/bin/pip install --quiet -e ".[test,ray]"
 rm -f .venv/.installed-* && touch "$stamp"
