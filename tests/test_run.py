@@ -176,20 +176,23 @@ def test_a_rerun_stopped_early_never_pairs_the_old_manifest_with_new_results(fin
     def stops(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(extract, "run_shard", stops)
+    # the features are stored (the store is shared); the new bootstrap size needs new probe fits
+    monkeypatch.setattr(sp.probes, "run_spatial_probes", stops)
     with pytest.raises(sp.SpatialProbeError, match="holds a different run"):
         run(config, tmp_path / "out")
     with pytest.raises(KeyboardInterrupt):
         run(config, tmp_path / "out", on_existing="overwrite")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["status"] == "running" and manifest["config"]["bootstrap"] == 200
-    assert read_results(tmp_path / "out") == []  # the older run's numbers are gone with its manifest
+    # the older run's numbers are gone with its manifest: only what this run finished before it stopped (its
+    # model jobs: VQA) is there, and no probe row
+    assert {r["task"] for r in read_results(tmp_path / "out")} <= {"vqa"}
     assert CliRunner().invoke(app, ["report", str(tmp_path / "out")]).exit_code == 0
     assert "Incomplete run (status: running)" in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_run_killed_while_probing_refits_nothing_that_finished(finished_run, tmp_path, monkeypatch):
-    from spatialprobe import runner
+    from spatialprobe import probes
 
     run_dir, base = finished_run
     # the finished run's feature cache, so only the probes are at stake
@@ -197,7 +200,7 @@ def test_run_killed_while_probing_refits_nothing_that_finished(finished_run, tmp
     config.cache_dir = tmp_path / "work"
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "features").symlink_to(base / "cache" / "features")
-    real, fits, kill = runner.run_spatial_probes, [], [True]
+    real, fits, kill = probes.run_spatial_probes, [], [True]
 
     def dies_on_fifth_fit(*args, **kwargs):
         fits.append(kwargs["probes"])
@@ -205,7 +208,7 @@ def test_run_killed_while_probing_refits_nothing_that_finished(finished_run, tmp
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "run_spatial_probes", dies_on_fifth_fit)
+    monkeypatch.setattr(probes, "run_spatial_probes", dies_on_fifth_fit)
     with pytest.raises(KeyboardInterrupt):
         run(config, tmp_path / "out")
     finished_before = sum(len(probes) for probes in fits[:4])

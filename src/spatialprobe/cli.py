@@ -60,6 +60,8 @@ def run(
     config: Optional[Path] = typer.Argument(None, help="Run config (YAML). Without one: the offline quickstart."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<config name>)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs, stages and estimated memory; load nothing."),
+    as_json: bool = typer.Option(False, "--json", help="With --dry-run: print the plan as JSON (extraction jobs "
+                                 "with model key, split, shard, stages and whether cached; task jobs; the estimate)."),
     resume: bool = typer.Option(False, "--resume", help="Continue into an --out that holds a run of another config "
                                 "(finished extractions and probe fits are reused)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run files in a non-empty --out "
@@ -67,6 +69,11 @@ def run(
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code",
         help="Allow checkpoints that need their own Python code (CogVLM2, original InternVL2). Only for code you trust."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="Where jobs run: local (this process, the default) "
+                                           "or ray (a Ray cluster, one actor per GPU; pip install 'spatialprobe[ray]'). "
+                                           "Overrides the config's `executor`."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --executor ray: the cluster to join (auto, or "
+                                          "ray://HOST:10001); unset: start a local Ray."),
 ) -> None:
     from .config import load_config, quickstart_config, safe_run_dir_name
     from .preflight import preflight
@@ -74,10 +81,20 @@ def run(
     with one_line_errors():
         if resume and overwrite:
             raise SpatialProbeError("--resume and --overwrite exclude each other: choose one")
+        if as_json and not dry_run:
+            raise SpatialProbeError("--json prints the plan: it goes with --dry-run")
         cfg = load_config(config) if config else quickstart_config()
+        cfg = with_executor(cfg, executor, address)
         target = out or Path("runs") / safe_run_dir_name(cfg.name)
         for note in preflight(cfg, target, dry_run=dry_run):
             console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+        if dry_run and as_json:
+            import json
+
+            from .plan import plan_jobs
+
+            typer.echo(json.dumps(plan_jobs(cfg, trust_remote_code), indent=1))
+            return
         if dry_run:
             print_plan(cfg, trust_remote_code)
             return
@@ -85,6 +102,18 @@ def run(
 
         run_protocol(cfg, target, console=console, trust_remote_code=trust_remote_code,
                      on_existing="resume" if resume else "overwrite" if overwrite else "refuse")
+
+
+def with_executor(cfg, executor: str | None, address: str | None):
+    """The config with the command line's executor choice (checked like the config's own keys)."""
+    if executor is not None and executor not in ("local", "ray"):
+        raise SpatialProbeError(f"--executor {executor!r}: choose local or ray")
+    chosen = executor or cfg.executor
+    if address is not None and chosen != "ray":
+        raise SpatialProbeError("--address names a Ray cluster: it goes with --executor ray")
+    if chosen == "local" and cfg.executor_address:
+        raise SpatialProbeError("executor_address names a Ray cluster: it goes with executor: ray")
+    return cfg.model_copy(update={"executor": chosen, "executor_address": address or cfg.executor_address})
 
 
 def print_plan(cfg, trust_remote_code: bool) -> None:
@@ -100,6 +129,27 @@ def print_plan(cfg, trust_remote_code: bool) -> None:
     Console(width=200).print(table)
     typer.echo(f"{len(planned)} models, {sum(p.shards for p in planned)} extraction jobs "
                f"(one per model and dataset shard of {cfg.shard_size} images); device {cfg.device}, dtype {cfg.dtype}")
+    print_shared_plan(cfg, trust_remote_code)
+
+
+def print_shared_plan(cfg, trust_remote_code: bool) -> None:
+    """One line per checkpoint extracted (runs that read the same spec key share it), then the totals."""
+    from .plan import plan_jobs
+
+    jobs = plan_jobs(cfg, trust_remote_code)
+    for m in jobs["models"]:
+        stages = m["stages"] if m["stages"] == "all" else ", ".join(m["stages"])
+        cached = f", {m['images_cached']} cached" if m["images_cached"] else ""
+        typer.echo(f"extract {m['model_key'][:12]} ({m['family']} {m['path'] or '-'}, {m['variant']}): "
+                   f"stages {stages} ({m['stage_count']}); {m['images_to_extract']} images to extract{cached}; "
+                   f"shared by {', '.join(m['runs'])}; {m['gpu_hours']:.2f} GPU-h, {m['disk_bytes'] / 1e9:.1f} GB")
+    e = jobs["estimate"]
+    todo = sum(not x["cached"] for x in jobs["extraction"])
+    typer.echo(f"{len(jobs['models'])} shared extractions, {todo} of {len(jobs['extraction'])} shard jobs to run, "
+               f"{len(jobs['tasks'])} task jobs; estimate: {e['gpu_hours']:.1f} GPU-hours (extraction "
+               f"{e['extraction_gpu_hours']:.1f}, speed+vqa {e['speed_vqa_gpu_hours']:.1f}, probe fits "
+               f"{e['probe_fit_gpu_hours']:.1f}), host RAM {e['host_ram_gb']:.0f} GB ({e['host_ram_model']}: one shard "
+               f"of every stage + accumulators), disk {e['disk_gb'] / 1000:.2f} TB")
 
 
 @data_app.command("synthetic-shapes")

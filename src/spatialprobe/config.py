@@ -19,6 +19,7 @@ from . import decision as decision_rules
 from .backbones import FAMILIES, backbone_class
 from .decision import DecisionConfig
 from .errors import SpatialProbeError
+from .tasks import TASKS
 
 PROBES = ("linear", "pooled", "dense")
 
@@ -293,8 +294,8 @@ class RunConfig(Strict):
     #: spatial_probe always runs; reconstruction_probe trains an image decoder on each model's judged
     #: stage; speed times every configured model on the same images (controls are not timed); vqa asks
     #: generated questions of every configured model that can answer (VLMs)
-    tasks: list[Literal["spatial_probe", "reconstruction_probe", "speed", "vqa"]] = [
-        "spatial_probe", "reconstruction_probe", "speed", "vqa"]
+    #: (the names of `spatialprobe.tasks.TASKS`)
+    tasks: list[str] = list(TASKS)
     #: questions asked per model by the vqa task (models with a language head only)
     vqa_questions: int = Field(64, ge=1)
     #: images timed per model by the speed task (taken from the test split)
@@ -314,9 +315,21 @@ class RunConfig(Strict):
     #: the planted-patch self-check of each configured model's checkpoint before its first extraction:
     #: "stop" ends the run at a failing stage, "warn" records and goes on, "off" skips it
     verify: Literal["off", "warn", "stop"] = "stop"
+    #: where jobs run: "local" (this process, one model at a time) or "ray" (a Ray cluster: one actor per GPU)
+    executor: Literal["local", "ray"] = "local"
+    #: the Ray cluster to join (e.g. "ray://head:10001" or "auto"); unset: start a local one
+    executor_address: str | None = None
 
     _name = field_validator("name")(single_line)
     _device = field_validator("device")(known_device)
+
+    @field_validator("tasks")
+    @classmethod
+    def known_tasks(cls, tasks: list[str]) -> list[str]:
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+        return tasks
 
     @field_validator("probe_resamples")
     @classmethod

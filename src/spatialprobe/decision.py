@@ -18,25 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import SpatialProbeError
 from .stages import match_stages, stage_syntax_error
+from .tasks import SPATIAL_PROBES, measured_metrics
 
 Status = Literal["pass", "fail", "uncertain", "missing", "baseline"]
 
-SPATIAL_PROBES = ("linear", "pooled", "dense")
-#: what the tasks write to results.jsonl: metric -> (task, the probes whose rows carry it; () = no probe)
-MEASURED_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "bbox_iou": ("spatial_probe", SPATIAL_PROBES),
-    "map_50": ("spatial_probe", SPATIAL_PROBES),
-    "map_75": ("spatial_probe", SPATIAL_PROBES),
-    "spatial_iou": ("spatial_probe", ("dense",)),  # only the dense probe paints a mask
-    "psnr": ("reconstruction_probe", ("decoder",)),
-    "ssim": ("reconstruction_probe", ("decoder",)),
-    "lpips": ("reconstruction_probe", ("decoder",)),
-    "speed_ratio": ("speed", ()),
-    "images_per_second": ("speed", ()),
-    "peak_memory_mb": ("speed", ()),
-    "vqa_accuracy": ("vqa", ("generate",)),
-    "vqa_relative": ("vqa", ("generate",)),
-}
+#: what the tasks write to results.jsonl: metric -> (task, the probes whose rows carry it; () = no probe),
+#: as each task declares it in the registry
+MEASURED_METRICS: dict[str, tuple[str, tuple[str, ...]]] = measured_metrics()
 #: the proposal's Phase 2 metrics that no task measures yet: allowed as criteria, reported as not measured
 PLANNED_METRICS = ("cka", "lpips_adapter", "direction_accuracy", "ordering_accuracy")
 #: the controls' model names, as the runner writes them

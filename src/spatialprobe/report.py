@@ -1,23 +1,13 @@
 """A self-contained HTML report (no network: plots are inline PNG) rebuilt from a run directory."""
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import re
-from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .errors import SpatialProbeError  # noqa: E402
-
-METRICS = ("spatial_iou", "bbox_iou", "map_50", "map_75")
-PROBE_COLOURS = {"linear": "tab:blue", "pooled": "tab:orange", "dense": "tab:green"}
+from .errors import SpatialProbeError
+from .report_parts import at_floor, results_table, stage_order  # noqa: F401 (the report's public helpers)
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
@@ -37,112 +27,6 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     except json.JSONDecodeError as err:
         raise SpatialProbeError(f"{run_dir}: damaged run file ({err})") from None
     return manifest, results
-
-
-def stage_order(manifest: dict, model_key: str) -> list[str]:
-    return manifest["models"].get(model_key, {}).get("stages", [])
-
-
-def base_model(name: str) -> str:
-    return name.replace(" [shuffled tokens]", "")
-
-
-def figure_png(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def metric_figure(metric: str, results: list[dict], manifest: dict) -> str | None:
-    by_model: dict[str, list[dict]] = defaultdict(list)
-    for r in results:
-        if r["metric"] == metric:
-            by_model[r["model"]].append(r)
-    if not by_model:
-        return None
-    fig, axes = plt.subplots(1, len(by_model), figsize=(3.6 * len(by_model), 3.2), squeeze=False, sharey=True)
-    for ax, (model, rows) in zip(axes[0], by_model.items()):
-        stages = stage_order(manifest, base_model(model))
-        for probe in PROBE_COLOURS:
-            points = sorted((stages.index(r["stage"]), r) for r in rows if r["probe"] == probe and r["stage"] in stages)
-            if not points:
-                continue
-            xs = [p[0] for p in points]
-            ax.plot(xs, [p[1]["value"] for p in points], "o-", ms=3, color=PROBE_COLOURS[probe], label=probe)
-            ax.fill_between(xs, [p[1]["ci_low"] for p in points], [p[1]["ci_high"] for p in points],
-                            color=PROBE_COLOURS[probe], alpha=0.2)
-            if probe == "dense":
-                ax.plot(xs, [p[1]["ceiling"] for p in points], "k--", marker="_", ms=14, lw=1, label="ceiling")
-                ax.plot(xs, [p[1]["floor"] for p in points], "k:", marker="_", ms=14, lw=1, label="floor")
-        # names are user text, not mathtext: a `$` in a name must neither break the figure nor typeset
-        ax.set_title(model, fontsize=9, parse_math=False)
-        ax.set_xticks(range(len(stages)))
-        ax.set_xticklabels([s.replace("vision.", "v.").replace("llm.layer.", "L") for s in stages], rotation=90, fontsize=6,
-                           parse_math=False)
-        ax.set_ylim(0, 1.02)
-    axes[0][0].set_ylabel(metric)
-    axes[0][0].legend(fontsize=7)
-    return figure_png(fig)
-
-
-def results_table(results: list[dict]) -> str:
-    columns = ["model", "stage", "task", "probe", "metric", "value", "ci_low", "ci_high", "floor", "ceiling", "n"]
-    head = "".join(f'<th class="{"l" if c in columns[:5] else ""}">{c}</th>' for c in columns)
-    rows = []
-    for r in results:
-        cells = []
-        for c in columns:
-            value = r.get(c)
-            if value is None and c == "value" and r.get("unavailable"):
-                text = f"unavailable: {r['unavailable']}"
-            else:
-                text = f"{value:.3f}" if isinstance(value, float) else ("—" if value is None else str(value))
-            if c == "value" and at_floor(r):
-                text += " (at floor: see the note on the proposal's Q2 reading under the best stages)"
-            cells.append(f'<td class="{"l" if c in columns[:5] else ""}">{html.escape(text)}</td>')
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
-
-
-def best_stages(results: list[dict]) -> str:
-    best: dict[tuple, dict] = {}
-    for r in results:
-        if r["metric"] in ("spatial_iou", "bbox_iou"):
-            key = (r["model"], r["probe"], r["metric"])
-            if key not in best or r["value"] > best[key]["value"]:
-                best[key] = r
-    rows = "".join(
-        f'<tr><td class="l">{html.escape(m)}</td><td class="l">{html.escape(p)}</td><td class="l">{html.escape(k)}</td>'
-        f'<td class="l">{html.escape(r["stage"])}</td><td>{r["value"]:.3f} [{r["ci_low"]:.3f}, {r["ci_high"]:.3f}]</td>'
-        f'<td>{r["floor"]:.3f}</td><td>{r["ceiling"]:.3f}</td></tr>'
-        for (m, p, k), r in sorted(best.items()))
-    return ('<table><tr><th class="l">model</th><th class="l">probe</th><th class="l">metric</th><th class="l">best stage</th>'
-            f"<th>value [95% CI]</th><th>floor</th><th>ceiling</th></tr>{rows}</table>")
-
-
-def at_floor(row: dict) -> bool:
-    """A spatial-probe value indistinguishable from its no-feature floor: its interval includes the floor."""
-    low, high, floor = row.get("ci_low"), row.get("ci_high"), row.get("floor")
-    if row.get("task") != "spatial_probe" or floor is None or row.get("value") is None:
-        return False
-    if low is None or high is None or low != low or high != high:  # no interval (NaN or not reported)
-        return row["value"] <= floor
-    return low <= floor <= high or row["value"] <= floor
-
-
-def floor_note(results: list[dict]) -> str:
-    """One note under the tables when any spatial-probe value sits at its floor (not a mark per cell)."""
-    rows = [r for r in results if at_floor(r)]
-    if not rows:
-        return ""
-    example = max(rows, key=lambda r: r["value"])
-    return (f'<p class="note">{len(rows)} spatial-probe value(s) sit at their floor (the interval includes it), e.g. '
-            f'{html.escape(example["model"])} {html.escape(example["stage"])} {html.escape(example["probe"])} '
-            f'{html.escape(example["metric"])} {example["value"]:.3f} against a floor of {example["floor"]:.3f}. Such a '
-            "value says the probe found no spatial information there. The proposal's Q2 reading, &ldquo;IoU ~0.10 at "
-            "the patch embedding&rdquo;, is this no-feature floor of the flattened linear probe (the best constant box "
-            "from the training labels), not evidence of spatial information.</p>")
 
 
 #: rows are coloured by status, so a colour never says more than the status (a tier is shown as text)
@@ -265,15 +149,20 @@ def incomplete_note(manifest: dict) -> str:
             "cover only the models it finished. Run the same command again to resume.")
 
 
+def task_sections(manifest: dict, results: list[dict]) -> str:
+    """Each task's section, in the registry's order (a task without rows in this run adds nothing)."""
+    from .tasks import TASKS, get_task
+
+    present = {r.get("task") for r in results}
+    return "".join(get_task(name).section(manifest, results) for name in TASKS if name in present)
+
+
 def render(manifest: dict, results: list[dict]) -> str:
     models = "".join(
         f'<li><b>{html.escape(name)}</b>: {html.escape(info.get("label", ""))} — control: {html.escape(info.get("control", ""))},'
         f' {len(info.get("stages", []))} stages, weights {html.escape(str(info.get("weights", "")))}'
         f'{html.escape(self_check_note(info))}</li>'
         for name, info in manifest.get("models", {}).items())
-    figures = "".join(
-        f'<h3>{html.escape(m)}</h3><img alt="{html.escape(m)} by stage" src="data:image/png;base64,{png}">'
-        for m in METRICS if (png := metric_figure(m, results, manifest)))
     dataset = manifest.get("dataset", {})
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>spatialprobe report</title>
 <style>{STYLE}</style></head><body>
@@ -293,21 +182,7 @@ bootstrap resamples of the training images); speed rows: the spread of timed rep
 hits (test images whose box reaches the IoU threshold) has an exact binomial interval on its hit count instead of a
 bootstrap, wider and never [0, 0] around a non-zero value; its <code>ci_note</code> says so.</p>
 <h2>Models</h2><ul>{models}</ul>
-<h2>Best stage per model and probe</h2>{best_stages(results)}{floor_note(results)}
-<h2>Layer-by-layer trace</h2><p class="note">x: stages from input to output; shaded: bootstrap 95% interval;
-dashed/dotted: ceiling/floor of the dense probe.</p>{figures}
-<h2>Reconstruction probe</h2><p class="note">A small convolutional decoder trained on each model's judged
-stage to reproduce the image (64x64 px). floor: the mean training image; ceiling: a perfect reconstruction.</p>
-{results_table([r for r in results if r.get("task") == "reconstruction_probe"])}
-<h2>Speed and memory</h2><p class="note">Each configured model read to its deepest stage on the same test images,
-batch size and hardware: the median of at least 5 timed repeats after a warm-up; interval: the interquartile range
-(IQR) of the repeats, not a 95% interval. speed_ratio = median time per image over the baseline model's, interval: IQR
-over all pairs of repeats; the baseline's own ratio is 1 by definition, with no interval.</p>
-{results_table([r for r in results if r.get("task") == "speed"])}
-<h2>Semantic check</h2><p class="note">Generated questions about colour, shape, count and relative position,
-answered with each VLM's own generate; exact match of the first word (proposal 7.3: &gt; 0.6 and at least 95% of the
-baseline). floor: the best constant answer per question type.</p>
-{results_table([r for r in results if r.get("task") == "vqa"])}
+{task_sections(manifest, results)}
 <h2>All numbers</h2>{results_table(results)}
 <h2>Dataset and environment</h2><pre>{html.escape(json.dumps({"dataset": dataset, "environment": manifest.get("environment", {}),
                                                             "device": manifest.get("device"), "dtype": manifest.get("dtype")}, indent=2))}</pre>

@@ -1,15 +1,13 @@
 """`spatialprobe run`: dataset -> extraction (cached) -> probes -> results.jsonl, manifest.json, report."""
 from __future__ import annotations
 
-import gc
 import json
 import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
-import numpy as np
 import torch
 from rich.console import Console
 
@@ -17,22 +15,21 @@ from . import __version__
 from .backbones import load_backbone
 from .backbones.base import Backbone
 from .cache import FeatureCache, cache_key, default_cache_dir
-from .config import ModelConfig, RunConfig
+from .config import RunConfig
 from .data import dataset_hash, generate_synthetic_shapes, load_coco
 from .data.shapes import GENERATOR_VERSION
-from .errors import SpatialProbeError
-from .extract import extract_split
 from .decision import judged_stage
+from .errors import SpatialProbeError
+from .extract import plan_shards, shard_keys
 from .files import write_atomic
-from .probes import ProbeSplit, probes_for, run_spatial_probes, shuffle_tokens
+from .jobs import (DataRef, ExtractJob, InfoJob, RunInfo, VerifyJob, open_job_model, run_model_job, run_task_job,
+                   spec_group)
 from .progress import JobProgress
 from .result_cache import ResultCache, result_key
-from .probes.reconstruction import OUTPUT_SIZE, reconstruction_records
-from .speed import measure_speed, speed_records
-from .vqa import relative_records, vqa_records
+from .spec import RANDOM_INIT_SEED_OFFSET, ModelSpec  # noqa: F401 (the control's seed offset)
+from .tasks import PlanContext
+from .tasks.spatial_probe import MASK_SIZE, probe_key, probe_split, resize_mask  # noqa: F401 (public names)
 
-RANDOM_INIT_SEED_OFFSET = 7919
-MASK_SIZE = 112  # target masks are compared at this resolution (enough for 224-px images, cheap)
 
 
 @dataclass
@@ -64,28 +61,6 @@ def prepare_dataset(config: RunConfig, console: Console) -> Path:
     root = spec.path or work_dir(config) / "datasets" / folder
     console.print(f"dataset: synthetic_shapes at {root}")
     return generate_synthetic_shapes(Path(root), **params)
-
-
-def probe_split(data, feats, mask_size: int = MASK_SIZE) -> ProbeSplit:
-    """Tokens and targets of a split. Each target box is the box of its target mask at `mask_size`,
-    the resolution the metrics compare masks at, so boxes and masks describe one object (IoU 1.0)."""
-    from .probes.footprints import mask_boxes
-
-    masks = torch.stack([torch.from_numpy(resize_mask(data.target(i)[1], mask_size)) for i in range(len(data))])
-    placeless = torch.cat(list(feats.extra.values()), dim=1).float().mean(1) if feats.extra else None
-    return ProbeSplit(feats.tokens.float(), feats.footprints.float(), mask_boxes(masks), masks, placeless)
-
-
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """The mask at size x size (nearest neighbour); an object too small to hit a sampled pixel keeps
-    every pixel it touches, so no target is lost (its box would be empty)."""
-    from PIL import Image
-
-    image = Image.fromarray(mask.astype(np.uint8) * 255)
-    resized = np.asarray(image.resize((size, size), Image.NEAREST)) > 127
-    if not resized.any() and mask.any():
-        resized = np.asarray(image.resize((size, size), Image.BOX)) > 0
-    return resized
 
 
 def model_runs(config: RunConfig, trust_remote_code: bool = False) -> list[ModelRun]:
@@ -146,96 +121,12 @@ def model_label(run: ModelRun) -> str:
     return "raw pixels (control)" if run.control == "pixels" else f"{run.family}:{run.path}"
 
 
-def image_batch(data, size: int = OUTPUT_SIZE) -> torch.Tensor:
-    """All images of a split, whole and resized, as [n, 3, size, size] in [0, 1]."""
-    from PIL import Image
-
-    arrays = [np.asarray(data.load_image(i).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
-              for i in range(len(data))]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
-def reconstruction_results(train_feats, test_feats, train_data, test_data, config: RunConfig) -> list[dict]:
-    """The reconstruction probe's records on one stage (none for a stage of placeless queries only)."""
-    if train_feats.tokens.shape[1] == 0:  # placeless queries only: nothing to lay out as an image
-        return []
-    extra = {}
-    if train_feats.grid_shape is None:
-        # tiles, levels or a mosaic: resampled onto one raster by footprint overlap (no finer than the output)
-        side = min(train_feats.finest_side(), OUTPUT_SIZE)
-        train_feats, test_feats, extra = train_feats.on_raster(side), test_feats.on_raster(side), {"resampled_to": side}
-    return [{**extra, **record} for record in reconstruction_records(
-        train_feats.grid().float(), image_batch(train_data), test_feats.grid().float(), image_batch(test_data),
-        config.bootstrap, config.seed)]
-
-
-def model_key(describe: dict) -> dict:
-    """What identifies a model's numbers: its description without the display label (renaming reuses results)."""
-    return {k: v for k, v in describe.items() if k != "label"}
-
-
-def probe_key(describe: dict, stage: str, control: str, probe: str, data_key: dict, config: RunConfig) -> str:
-    return result_key(model=model_key(describe), stage=stage, control=control, probe=probe, data=data_key,
-                      bootstrap=config.bootstrap, seed=config.seed, mask_size=MASK_SIZE,
-                      probe_resamples=config.probe_resamples)
-
-
-def cached_probes(train: ProbeSplit, test: ProbeSplit, keys: dict[str, str], store: ResultCache,
-                  config: RunConfig) -> list[dict]:
-    """Records of every probe in `keys` (probe -> result key): stored ones read back, the rest fitted and stored."""
-    stored = {probe: store.get(key) for probe, key in keys.items()}
-    missing = tuple(p for p, rows in stored.items() if rows is None)
-    if missing:
-        fitted = run_spatial_probes(train, test, probes=missing, n_boot=config.bootstrap, seed=config.seed,
-                                    resamples=config.probe_resamples)
-        for probe in missing:
-            stored[probe] = [r for r in fitted if r["probe"] == probe]
-            store.put(keys[probe], stored[probe])
-    return [r for probe in keys for r in stored[probe]]
-
-
-def iter_results(run: ModelRun, label: str, describe: dict, judged: str, train_feats, test_feats, train_data,
-                 test_data, data_key: dict, store: ResultCache, config: RunConfig) -> Iterator[tuple[str, list[dict]]]:
-    """(job, records) for the reconstruction probe (on the judged stage) and then each stage's spatial probes."""
-    base = {"model": run.name, "label": label, "family": run.family, "task": "spatial_probe", "seed": config.seed}
-    if "reconstruction_probe" in config.tasks:
-        key = result_key(task="reconstruction_probe", model=model_key(describe), stage=judged, data=data_key,
-                         bootstrap=config.bootstrap, seed=config.seed)
-        rows = store.get(key)
-        if rows is None:
-            rows = reconstruction_results(train_feats[judged], test_feats[judged], train_data, test_data, config)
-            store.put(key, rows)
-        yield "reconstruction", [{**base, "task": "reconstruction_probe", "control": run.control, "stage": judged, **r}
-                                 for r in rows]
-    for stage in train_feats:
-        train = probe_split(train_data, train_feats[stage])
-        test = probe_split(test_data, test_feats[stage])
-        variants = [(run.control, train, test)]
-        if config.controls.shuffled_tokens and run.control == "none" and train.has_spatial_tokens:
-            variants.append(("shuffled", shuffle_tokens(train, config.seed), shuffle_tokens(test, config.seed + 1)))
-        records = []
-        for control, tr, te in variants:
-            name = f"{run.name} [shuffled tokens]" if control == "shuffled" else run.name
-            keys = {probe: probe_key(describe, stage, control, probe, data_key, config)
-                    for probe in probes_for(tr, config.probes)}
-            records += [{**base, "model": name, "control": control, "stage": stage, **record}
-                        for record in cached_probes(tr, te, keys, store, config)]
-        yield stage, records
-
-
 def quiet_transformers() -> None:
     """transformers' own per-checkpoint progress bars would bury ours."""
     from transformers.utils import logging
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()
-
-
-def speed_baseline(config: RunConfig) -> str | None:
-    """The model speed ratios and relative VQA are taken against: configured, else the first Qwen2.5-VL."""
-    if config.decision.baseline:
-        return config.decision.baseline
-    return next((m.name for m in config.models if m.family == "qwen2_5_vl"), None)
 
 
 def environment() -> dict:
@@ -250,8 +141,12 @@ RUN_FILES = ("manifest.json", "results.jsonl", "report.html", "summary.md")
 OnExisting = Literal["refuse", "resume", "overwrite"]
 
 
+#: config keys that say where jobs run, not what they compute: a run moved to Ray is the same run
+PLACEMENT_KEYS = {"executor", "executor_address"}
+
+
 def config_digest(config: RunConfig) -> str:
-    return cache_key(config=json.loads(config.model_dump_json()))[:16]
+    return cache_key(config=json.loads(config.model_dump_json(exclude=PLACEMENT_KEYS)))[:16]
 
 
 def claim_run_dir(out: Path, digest: str, on_existing: OnExisting = "refuse") -> None:
@@ -285,34 +180,201 @@ def new_manifest(config: RunConfig, root: Path, data_hash: str, train_data, test
 
 
 def write_results(out: Path, results: list[dict]) -> None:
-    write_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
+    """Every row goes through the typed row (`rows.ResultRow`), so each line has the schema's fields."""
+    from .rows import rows_to_json
+
+    write_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows_to_json(results)))
+
+
 
 
 def load_split(root: Path, split: str, config: RunConfig):
     return load_coco(root, split, on_bad_annotation=config.dataset.on_bad_annotation)
 
 
-@dataclass
-class RunContext:
-    """What every model of a run shares: the config, the data, the stores and where progress goes."""
-    config: RunConfig
-    train_data: object
-    test_data: object
-    data_hash: str
-    features: FeatureCache
-    store: ResultCache
-    progress: JobProgress
-    manifest: dict
+def run_infos(config: RunConfig, trust_remote_code: bool = False) -> list[RunInfo]:
+    """The runs of a config (pixels control, each model and its random-init copy) with their specs, paths
+    resolved (a "tiny" checkpoint is built, an "installed:" one installed) and display labels."""
+    from .spec import spec_runs
 
-    @property
-    def data_key(self) -> dict:
-        spec = self.config.dataset
-        return {"hash": self.data_hash, "train": spec.train_split, "test": spec.test_split,
-                "on_bad_annotation": spec.on_bad_annotation}
+    labels = {r.name: model_label(r) for r in model_runs(config, trust_remote_code)}
+    infos = []
+    for r in spec_runs(config, lambda path, family: resolve_path(path, family, config), trust_remote_code):
+        label = labels[r.name] + (" [random init]" if r.control == "random_init" else "")
+        infos.append(RunInfo(r.name, label, r.family, r.control, r.spec, r.stages))
+    return infos
+
+
+def stage_union(members: list[RunInfo]) -> tuple[str, ...] | None:
+    """The stages one extraction reads for every run that shares the model: None (all) absorbs the rest."""
+    if any(m.stages is None for m in members):
+        return None
+    return tuple(dict.fromkeys(s for m in members for s in m.stages))
+
+
+def resolve_patterns(patterns, known: list[str], name: str) -> list[str]:
+    from .stages import match_stages
+
+    if patterns is None:
+        return list(known)
+    resolved = []
+    for pattern in patterns:
+        names = match_stages(pattern, known)
+        if not names:
+            raise SpatialProbeError(f"model {name!r} has no stage {pattern!r}; it has {known[0]} ... {known[-1]} "
+                                    "(see `spatialprobe models`)")
+        resolved.extend(names)
+    return sorted(set(resolved), key=known.index)
+
+
+@dataclass
+class Run:
+    """The state of one run in the driver: what every job reports back to."""
+    config: RunConfig
+    ctx: PlanContext
+    out: Path
+    manifest: dict
+    progress: JobProgress
+    results: list[dict] = field(default_factory=list)  # every row so far, in plan order
+    pending: list[dict] = field(default_factory=list)  # rows that a task's finalize turns into results
+    #: rows of finished jobs by their place in the plan: executors finish jobs in any order, the file keeps one
+    by_job: dict[tuple[int, int], list[dict]] = field(default_factory=dict)
+    infos: dict[str, dict] = field(default_factory=dict)  # spec key -> describe and stage list
+    stages: dict[str, list[str]] = field(default_factory=dict)  # run name -> resolved stages
+    judged: dict[str, str] = field(default_factory=dict)  # run name -> judged stage
+    counters: dict[str, int] = field(default_factory=dict)  # progress job -> its progress task
+    places: dict[int, int] = field(default_factory=dict)  # id of a model job -> its index in the plan
+    images_done: dict[str, int] = field(default_factory=dict)  # "<model>: extract <split>" -> images stored
+
+    def add_rows(self, place: tuple[int, int], rows: list[dict]) -> None:
+        """A finished job's rows, at its place (phase, index) in the plan; results.jsonl rewritten atomically."""
+        self.pending += [r for r in rows if r.get("metric") == "timing"]
+        self.by_job[place] = [r for r in rows if r.get("metric") != "timing"]
+        self.results = [r for key in sorted(self.by_job) for r in self.by_job[key]]
+        write_results(self.out, self.results)
+
+    def tick(self, job: str, total: int, completed: int, note: str = "") -> None:
+        """Progress of a named job (a bar in a terminal, a line per step in a log)."""
+        if job not in self.counters:
+            self.counters[job] = self.progress.add(job, total)
+        self.progress.done(self.counters[job], completed, note)
+
+    def save_manifest(self) -> None:
+        write_atomic(self.out / "manifest.json", json.dumps(self.manifest, indent=2))
+
+
+def info_key(spec: ModelSpec) -> str:
+    return result_key(what="model-info", model=spec.key())
+
+
+def model_info_known(state: Run, members: list[RunInfo], spec: ModelSpec) -> None:
+    """A model's description and stage list arrived: each run that reads it gets its stages and judged stage
+    (a decision.stage that matches nothing fails here, before any of its extraction)."""
+    info = state.infos[spec.key()]
+    for member in members:
+        stages = resolve_patterns(member.stages, info["stages"], member.label)
+        state.stages[member.name] = stages
+        state.judged[member.name] = judged_stage(member.name.removesuffix(" [random init]"), stages,
+                                                 state.config.decision)
+        state.manifest["models"][member.name] = {**info["describe"], "label": member.label,
+                                                 "control": member.variant, "stages": stages}
+    state.save_manifest()
+
+
+def shard_stored(store: FeatureCache, spec: ModelSpec, data: DataRef, shard, stages: list[str]) -> bool:
+    keys = shard_keys(spec.key(), data.hash, shard, stages)
+    return all(store.path(key).exists() for key in keys.values())
+
+
+def model_jobs(state: Run, runs: list[RunInfo], tasks: list) -> list:
+    """Every job that needs a loaded model, grouped by model spec: its description, the self-check, the
+    shards not yet stored, and the tasks' model jobs. A model whose jobs are all done is not loaded."""
+    ctx, config = state.ctx, state.config
+    store, results = FeatureCache(ctx.store_root), ResultCache(Path(ctx.results_root))
+    groups: dict[str, list[RunInfo]] = {}
+    for info in runs:
+        groups.setdefault(info.spec.key(), []).append(info)
+    jobs = []
+    for key, members in groups.items():
+        spec = members[0].spec
+        known = results.get(info_key(spec))
+        stages = stage_union(members)
+        shards = [shard for split in ("train", "test")
+                  for shard in plan_shards(split, len(ctx.data.split(split)), config.shard_size)]
+        if known is not None:
+            state.infos[key] = known[0]
+            model_info_known(state, members, spec)
+            needed = resolve_patterns(stages, known[0]["stages"], members[0].label)
+            stored = [s for s in shards if shard_stored(store, spec, ctx.data, s, needed)]
+            shards = [s for s in shards if s not in stored]
+            for split in ("train", "test"):
+                images = sum(s.stop - s.start for s in stored if s.split == split)
+                if images:
+                    extracted(state, members[0].name, split, images, "already stored")
+        extra = [job for member in members for task in tasks for job in task.model_jobs(member, ctx)]
+        if known is not None and not shards and not extra:
+            continue
+        verify = config.verify != "off" and any(m.variant == "none" for m in members)
+        jobs += [InfoJob(spec, config), *([VerifyJob(spec, config, stages)] if verify else [])]
+        jobs += [ExtractJob(spec, config, ctx.data, ctx.store_root, s.split, s.start, s.stop, stages) for s in shards]
+        jobs += extra
+    return jobs
+
+
+def extracted(state: Run, name: str, split: str, images: int, note: str = "") -> None:
+    """Progress of a model's extraction of a split, in images (shards finish in any order)."""
+    job = f"{name}: extract {split}"
+    state.images_done[job] = state.images_done.get(job, 0) + images
+    state.tick(job, len(state.ctx.data.split(split)), state.images_done[job], note)
+
+
+def model_job_done(state: Run, runs: list[RunInfo], job, output) -> None:
+    members = [r for r in runs if r.spec.key() == job.spec.key()]
+    name = members[0].name
+    if isinstance(job, InfoJob):
+        state.infos[job.spec.key()] = output
+        ResultCache(Path(state.ctx.results_root)).put(info_key(job.spec), [output])
+        model_info_known(state, members, job.spec)
+    elif isinstance(job, VerifyJob):
+        self_check_done(state, [m for m in members if m.variant == "none"], output)
+    elif isinstance(job, ExtractJob):
+        extracted(state, name, job.split, job.stop - job.start)
+    else:
+        state.add_rows((0, state.places[id(job)]), output)
+        kind = type(job).__name__.removesuffix("Job").lower()
+        note = f"{len(output)} rows" if output else ""
+        state.tick(f"{job.model.name}: {kind}", 1, 1, note)
+
+
+def self_check_done(state: Run, members: list[RunInfo], output: dict) -> None:
+    """The planted-patch check of the token mapping on this checkpoint (config `verify`), before any extraction:
+    a transformers version can silently change a model's internal token order."""
+    from .verify import VerifyFailed
+
+    report = output["report"]
+    for member in members:
+        state.manifest["models"][member.name]["verify"] = report
+    state.save_manifest()
+    names = ", ".join(m.name for m in members)
+    state.progress.say(f"{names}: token-mapping self-check {'passed' if report['passed'] else 'FAILED'} "
+                       f"({output['passed']}/{output['total']} stages)")
+    if output["message"] and state.config.verify == "warn":
+        state.progress.say(f"warning: {output['message']} (verify: warn, so the run goes on)")
+    elif output["message"]:
+        raise VerifyFailed(f"{output['message']}; set `verify: warn` to run anyway")
+
+
+def feature_jobs(state: Run, runs: list[RunInfo], tasks: list) -> list:
+    return [job for info in runs for task in tasks
+            for job in task.feature_jobs(info, state.stages[info.name], state.judged[info.name], state.ctx)]
 
 
 def run(config: RunConfig, out: Path, console: Console | None = None, trust_remote_code: bool = False,
-        on_existing: OnExisting = "refuse") -> Path:
+        on_existing: OnExisting = "refuse", executor: str | None = None, address: str | None = None) -> Path:
+    from .executors import make_executor
+    from .rows import RESULTS_SCHEMA
+    from .tasks import TASKS, get_task
+
     console = console or Console(stderr=True)
     quiet_transformers()
     out = Path(out)
@@ -322,95 +384,48 @@ def run(config: RunConfig, out: Path, console: Console | None = None, trust_remo
     train_data, test_data = load_split(root, config.dataset.train_split, config), load_split(root, config.dataset.test_split, config)
     data_hash = dataset_hash(root, train_data, test_data)  # dropped images change what the positions name
     manifest = new_manifest(config, root, data_hash, train_data, test_data)
+    manifest["results_schema"] = RESULTS_SCHEMA
+    runs = run_infos(config, trust_remote_code)
+    manifest["models"] = {info.name: {"label": info.label, "control": info.variant} for info in runs}
     # the run's own files are replaced at once, so a report never mixes an older run with this one
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
     write_results(out, [])
-    results: list[dict] = []
-    speeds: dict[str, dict] = {}
-    runs = model_runs(config, trust_remote_code)
+    spec = config.dataset
+    data = DataRef(str(root), spec.train_split, spec.test_split, spec.on_bad_annotation, data_hash)
+    store_root = work_dir(config) / "features" if config.cache_dir else default_cache_dir()
+    ctx = PlanContext(config, data, str(store_root), str(work_dir(config) / "results"))
+    tasks = [get_task(name) for name in TASKS if name in config.tasks]
     with JobProgress(console) as progress:
-        ctx = RunContext(config, train_data, test_data, data_hash,
-                         FeatureCache(work_dir(config) / "features" if config.cache_dir else None),
-                         ResultCache(work_dir(config) / "results"), progress, manifest)
-        for number, model_run in enumerate(runs, 1):
-            progress.say(f"[{number}/{len(runs)}] {model_run.name}")
-            results.extend(measure_model(model_run, ctx, speeds))
-            write_results(out, results)
-            write_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
-    results.extend(relative_records(results, speed_baseline(config)))
-    if speeds:
-        results.extend({**r, "label": manifest["models"][r["model"]]["label"], "control": "none", "seed": config.seed}
-                       for r in speed_records(speeds, speed_baseline(config)))
-    write_results(out, results)
-    manifest["cache_entries_rebuilt"] = len(ctx.features.rebuilt)
+        state = Run(config, ctx, out, manifest, progress)
+        name = executor or config.executor
+        runner = make_executor(name, address or config.executor_address) if name == "ray" else make_executor(name)
+        try:
+            jobs = model_jobs(state, runs, tasks)
+            state.places = {id(job): number for number, job in enumerate(jobs)}
+            progress.say(f"{len(jobs)} model jobs ({sum(isinstance(j, ExtractJob) for j in jobs)} extraction shards)")
+            runner.extract(jobs, spec_group, open_job_model, run_model_job,
+                           lambda job, output: model_job_done(state, runs, job, output))
+            jobs = feature_jobs(state, runs, tasks)
+            per_run = {info.name: sum(j.model.name == info.name for j in jobs) for info in runs}
+            finished = {info.name: 0 for info in runs}
+            places = {id(job): number for number, job in enumerate(jobs)}
+
+            def task_done(job, rows):
+                state.add_rows((1, places[id(job)]), rows)
+                finished[job.model.name] += 1
+                state.tick(f"{job.model.name}: probes", per_run[job.model.name], finished[job.model.name],
+                           getattr(job, "stage", ""))
+
+            runner.map(run_task_job, jobs, task_done)
+        finally:
+            runner.close()
+    for task in tasks:
+        state.results += task.finalize(state.results + state.pending, ctx)
+    write_results(out, state.results)
     manifest["status"] = "complete"
-    write_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
+    state.save_manifest()
     from .report import write_report
 
     write_report(out)
     console.print(f"[green]done[/green]: {out / 'report.html'}")
     return out
-
-
-def measure_model(model_run: ModelRun, ctx: RunContext, speeds: dict[str, dict]) -> list[dict]:
-    """Every number of one model (or control): extraction, the self-check, speed, VQA and the probes."""
-    config, progress = ctx.config, ctx.progress
-    backbone = open_backbone(model_run, config)
-    stages = backbone.resolve_stages(model_run.stages)
-    # a decision.stage that matches nothing fails here, before any extraction
-    judged = judged_stage(model_run.name.removesuffix(" [random init]"), stages, config.decision)
-    info = {**backbone.describe(), "control": model_run.control, "stages": stages}
-    ctx.manifest["models"][model_run.name] = info
-    if model_run.control == "none":
-        self_check(backbone, stages, model_run, ctx)
-    feats = {}
-    for split, data in (("train", ctx.train_data), ("test", ctx.test_data)):
-        task = progress.add(f"{model_run.name}: extract {split}", len(data))
-        feats[split] = extract_split(backbone, data, ctx.data_hash, stages, ctx.features, config.shard_size,
-                                     config.batch_size, on_shard=lambda job, t=task: progress.done(t, job.stop))
-    results = []
-    if "speed" in config.tasks and model_run.control == "none":
-        task = progress.add(f"{model_run.name}: speed", 1)
-        timed = [ctx.test_data.load_image(i) for i in range(min(config.speed_images, len(ctx.test_data)))]
-        speeds[model_run.name] = measure_speed(backbone, timed, config.batch_size)
-        progress.done(task, 1, f"{speeds[model_run.name]['images_per_second']:.2f} images/s")
-    if "vqa" in config.tasks and model_run.control == "none" and hasattr(backbone, "answer"):
-        task = progress.add(f"{model_run.name}: vqa", 1)
-        results.extend({**r, "model": model_run.name, "label": info["label"], "family": model_run.family,
-                        "control": "none", "seed": config.seed}
-                       for r in vqa_records(backbone, ctx.train_data, ctx.test_data, config.bootstrap, config.seed,
-                                            config.vqa_questions))
-        progress.done(task, 1, f"{results[-1]['n']} questions")
-    del backbone
-    jobs = len(stages) + ("reconstruction_probe" in config.tasks)
-    task, finished = progress.add(f"{model_run.name}: probes", jobs), 0
-    for job, records in iter_results(model_run, info["label"], info, judged, feats["train"], feats["test"],
-                                     ctx.train_data, ctx.test_data, ctx.data_key, ctx.store, config):
-        results.extend(records)
-        finished += 1
-        progress.done(task, finished, job)
-    del feats
-    gc.collect()
-    return results
-
-
-def self_check(backbone: Backbone, stages: list[str], model_run: ModelRun, ctx: RunContext) -> None:
-    """The planted-patch check of the token mapping on this checkpoint (config `verify`), before any extraction:
-    a transformers version can silently change a model's internal token order."""
-    from .verify import failure_message, raise_if_failed, verify_report, verify_stages
-
-    if ctx.config.verify == "off":
-        ctx.manifest["models"][model_run.name]["verify"] = "off"
-        return
-    checks = verify_stages(backbone, stages)
-    report = verify_report(backbone, checks)
-    ctx.manifest["models"][model_run.name]["verify"] = report
-    passed = sum(c.passed for c in checks)
-    ctx.progress.say(f"{model_run.name}: token-mapping self-check {'passed' if report['passed'] else 'FAILED'} "
-                     f"({passed}/{len(checks)} stages)")
-    if ctx.config.verify == "warn":
-        message = failure_message(backbone, checks, name=model_run.name)
-        if message:
-            ctx.progress.say(f"warning: {message} (verify: warn, so the run goes on)")
-        return
-    raise_if_failed(backbone, checks, name=model_run.name, override_hint="set `verify: warn` to run anyway")

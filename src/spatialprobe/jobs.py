@@ -1,0 +1,159 @@
+"""Jobs: the picklable values an executor runs. A worker rebuilds everything a job needs from the job
+itself: the model from its spec, the images from the dataset folder, features from the store folder.
+
+Two kinds:
+- model jobs need a loaded model (`run(backbone)`): its description, the token-mapping self-check,
+  the extraction of one data shard (every stage it needs, one forward pass per batch), speed and
+  VQA. Jobs that share a model spec key share one loaded model (an executor groups them).
+- task jobs need only stored features and the data (`run()`): a probe or metric on one stage.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from .config import RunConfig
+from .spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """A dataset as a worker finds it: the folder, the splits and the content hash the store keys use."""
+    root: str
+    train_split: str
+    test_split: str
+    on_bad_annotation: str
+    hash: str
+
+    def split(self, which: str):
+        """The loaded train or test split (read once per process)."""
+        return _load_split(self.root, self.train_split if which == "train" else self.test_split, self.on_bad_annotation)
+
+    def key(self) -> dict:
+        return {"hash": self.hash, "train": self.train_split, "test": self.test_split,
+                "on_bad_annotation": self.on_bad_annotation}
+
+
+@lru_cache(maxsize=8)
+def _load_split(root: str, split: str, on_bad_annotation: str):
+    from .data import load_coco
+
+    return load_coco(root, split, on_bad_annotation=on_bad_annotation)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One measured model or control as its results are named: the run's name and label, and the spec it reads."""
+    name: str
+    label: str
+    family: str
+    variant: str  # none | pixels | random_init
+    spec: ModelSpec
+    stages: tuple[str, ...] | None  # requested patterns; None: every stage
+
+
+def open_spec(spec: ModelSpec, config: RunConfig):
+    """A backbone loaded from its spec on the run's device (a random-init variant re-initialized in place)."""
+    from .backbones import load_backbone
+    from .spec import thaw
+
+    options = {**thaw(spec.load), **thaw(spec.options)}
+    if spec.revision:
+        options["revision"] = spec.revision
+    if spec.quantization:
+        options["quantization"] = spec.quantization
+    if spec.parts:
+        options["parts"] = spec.part_options()
+    backbone = load_backbone(spec.family, spec.path, device=config.device, dtype=spec.dtype, **options)
+    if spec.variant == "random_init":
+        backbone.randomize_weights(seed=spec.seed)
+    return backbone
+
+
+def open_job_model(job) -> Any:
+    """The executor's `open_model`: every model job carries its spec and the run config."""
+    return open_spec(job.spec, job.config)
+
+
+def run_model_job(backbone, job) -> Any:
+    """The executor's `run_job` for model jobs."""
+    return job.run(backbone)
+
+
+def run_task_job(job) -> list[dict]:
+    """The executor's `fn` for task jobs."""
+    return job.run()
+
+
+def spec_group(job) -> str:
+    return job.spec.key()
+
+
+@dataclass(frozen=True)
+class InfoJob:
+    """What the loaded model is: its description (weights fingerprint, preprocessing) and its stage list."""
+    spec: ModelSpec
+    config: RunConfig
+
+    def run(self, backbone) -> dict:
+        describe = {k: v for k, v in backbone.describe().items() if k != "label"}
+        return {"describe": describe, "stages": list(backbone.stages)}
+
+
+@dataclass(frozen=True)
+class VerifyJob:
+    """The planted-patch check of the token mapping at every requested stage, before any extraction."""
+    spec: ModelSpec
+    config: RunConfig
+    stages: tuple[str, ...] | None
+
+    def run(self, backbone) -> dict:
+        from .verify import failure_message, verify_report, verify_stages
+
+        checks = verify_stages(backbone, backbone.resolve_stages(self.stages))
+        report = verify_report(backbone, checks)
+        return {"report": report, "passed": sum(c.passed for c in checks), "total": len(checks),
+                "message": failure_message(backbone, checks, name=backbone.label)}
+
+
+@dataclass(frozen=True)
+class ExtractJob:
+    """One data shard of one split through one model: every stage it needs, stored per stage."""
+    spec: ModelSpec
+    config: RunConfig
+    data: DataRef
+    store_root: str
+    split: str
+    start: int
+    stop: int
+    stages: tuple[str, ...] | None
+
+    def run(self, backbone) -> dict:
+        from .cache import FeatureCache
+        from .extract import ShardJob, run_shard
+
+        begun = time.perf_counter()
+        stages = backbone.resolve_stages(self.stages)
+        run_shard(backbone, self.spec.key(), self.data.split(self.split), self.data.hash,
+                  ShardJob(self.split, self.start, self.stop), stages, FeatureCache(self.store_root),
+                  self.config.batch_size)
+        return {"seconds": time.perf_counter() - begun, "images": self.stop - self.start}
+
+
+def stored_stage(ctx, model_key: str, split: str, stage: str):
+    """One stage of one split, joined from the store's shards (a one-line error names a missing shard)."""
+    from .cache import FeatureCache
+    from .errors import SpatialProbeError
+    from .extract import plan_shards, shard_keys
+    from .features import TokenFeatures
+
+    cache, parts = FeatureCache(ctx.store_root), []
+    for shard in plan_shards(split, len(ctx.data.split(split)), ctx.config.shard_size):
+        feats = cache.load(shard_keys(model_key, ctx.data.hash, shard, [stage])[stage])
+        if feats is None:
+            raise SpatialProbeError(f"feature store {ctx.store_root}: no {stage} features of {split} images "
+                                    f"{shard.start}-{shard.stop} for model key {model_key[:12]}")
+        parts.append(feats)
+    return TokenFeatures.concat(parts)

@@ -1,0 +1,89 @@
+"""Tasks: what a run measures, one module per task, behind one small protocol.
+
+A task says which jobs it needs and turns them into result rows:
+- `model_jobs(run, ctx)`: jobs that need the loaded model (timing, generating answers);
+- `feature_jobs(run, stages, judged, ctx)`: jobs on stored features of the run's resolved stages
+  (`judged` is the stage the decision reads);
+- `finalize(rows, ctx)`: rows between models, once every job has finished (e.g. ratios to a baseline);
+- `section(manifest, results)`: its part of the HTML report.
+Every job is a picklable value with `run(...) -> list[dict]` (see `spatialprobe.jobs`), so any
+executor can run it. Adding a task is one module here, one entry in `TASKS` (its module and the
+metrics it writes, which the decision then accepts as criteria), and its tests; the config's
+`tasks:` list accepts the names in `TASKS`.
+
+Task modules import torch and the models lazily, inside their jobs: the report imports them for
+their sections and must work without torch.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """A task as data: where its module is, and the metrics its rows carry (metric -> the probes whose
+    rows carry it; () = rows without a probe). The decision reads these without importing the module."""
+    module: str
+    metrics: dict[str, tuple[str, ...]]
+
+
+SPATIAL_PROBES = ("linear", "pooled", "dense")
+
+#: task name -> its entry, in the order their sections appear in the report
+TASKS: dict[str, TaskEntry] = {
+    "spatial_probe": TaskEntry("spatialprobe.tasks.spatial_probe", {
+        "bbox_iou": SPATIAL_PROBES, "map_50": SPATIAL_PROBES, "map_75": SPATIAL_PROBES,
+        "spatial_iou": ("dense",)}),  # only the dense probe paints a mask
+    "reconstruction_probe": TaskEntry("spatialprobe.tasks.reconstruction_probe", {
+        "psnr": ("decoder",), "ssim": ("decoder",), "lpips": ("decoder",)}),
+    "speed": TaskEntry("spatialprobe.tasks.speed", {"speed_ratio": (), "images_per_second": (), "peak_memory_mb": ()}),
+    "vqa": TaskEntry("spatialprobe.tasks.vqa", {"vqa_accuracy": ("generate",), "vqa_relative": ("generate",)}),
+}
+
+
+def measured_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """metric -> (the task that writes it, the probes whose rows carry it)."""
+    return {metric: (task, probes) for task, entry in TASKS.items() for metric, probes in entry.metrics.items()}
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """What every job of a run shares: the config, the data, and where features and results are stored."""
+    config: Any  # RunConfig
+    data: Any  # jobs.DataRef
+    store_root: str
+    results_root: str
+
+
+class Task(Protocol):
+    name: str
+
+    def model_jobs(self, run, ctx: PlanContext) -> list: ...
+
+    def feature_jobs(self, run, stages: list[str], judged: str, ctx: PlanContext) -> list: ...
+
+    def finalize(self, rows: list[dict], ctx: PlanContext) -> list[dict]: ...
+
+    def section(self, manifest: dict, results: list[dict]) -> str: ...
+
+
+def get_task(name: str) -> Task:
+    """The task object of a registered task (its module's `TASK`)."""
+    return importlib.import_module(TASKS[name].module).TASK
+
+
+class NoJobs:
+    """Defaults for a task that has no jobs of one kind, no rows between models or no section."""
+
+    def model_jobs(self, run, ctx: PlanContext) -> list:
+        return []
+
+    def feature_jobs(self, run, stages: list[str], judged: str, ctx: PlanContext) -> list:
+        return []
+
+    def finalize(self, rows: list[dict], ctx: PlanContext) -> list[dict]:
+        return []
+
+    def section(self, manifest: dict, results: list[dict]) -> str:
+        return ""

@@ -1,0 +1,53 @@
+"""The `vqa` task: generated questions asked of every configured model that can answer (VLMs).
+
+A model job: the model's own greedy answers, exact match of the first word, with a bootstrap
+interval and the best constant answer per question type as the floor. `vqa_relative`, each
+model's accuracy over the baseline's, is a row between models made at the end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..report_parts import results_table
+from . import NoJobs, PlanContext
+from .speed import speed_baseline
+
+
+@dataclass(frozen=True)
+class VqaJob:
+    spec: object
+    config: object
+    model: object  # jobs.RunInfo
+    ctx: PlanContext
+
+    def run(self, backbone) -> list[dict]:
+        from ..vqa import vqa_records
+
+        if not hasattr(backbone, "answer"):  # a vision encoder: no language head to ask
+            return []
+        config = self.config
+        return [{**r, "model": self.model.name, "label": self.model.label, "family": self.model.family,
+                 "control": "none", "variant": "none", "seed": config.seed}
+                for r in vqa_records(backbone, self.ctx.data.split("train"), self.ctx.data.split("test"),
+                                     config.bootstrap, config.seed, config.vqa_questions)]
+
+
+class VqaTask(NoJobs):
+    name = "vqa"
+
+    def model_jobs(self, run, ctx: PlanContext) -> list:
+        return [VqaJob(run.spec, ctx.config, run, ctx)] if run.variant == "none" else []
+
+    def finalize(self, rows: list[dict], ctx: PlanContext) -> list[dict]:
+        from ..vqa import relative_records
+
+        return relative_records(rows, speed_baseline(ctx.config))
+
+    def section(self, manifest: dict, results: list[dict]) -> str:
+        return ('<h2>Semantic check</h2><p class="note">Generated questions about colour, shape, count and relative '
+                "position, answered with each VLM's own generate; exact match of the first word (proposal section 7.3: "
+                "&gt; 0.6 and at least 95% of the baseline). floor: the best constant answer per question type.</p>"
+                f"{results_table([r for r in results if r.get('task') == self.name])}")
+
+
+TASK = VqaTask()
