@@ -28,10 +28,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from spatialprobe import cache as store
-from spatialprobe.cache import FeatureCache, stage_key
+from spatialprobe.store import shards as store
+from spatialprobe.store.shards import FeatureCache, stage_key
 from spatialprobe.features import TokenFeatures, grid_footprints
-from spatialprobe.sources import StoreSource
+from spatialprobe.store.sources import StoreSource
 
 SHAPES = {"Qwen2.5-VL-7B vision, 448 px": (64, 1024, 1280), "DINOv2-S, 224 px": (64, 256, 384)}
 STAGE = "vision.block31"

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from spatialprobe.cache import FeatureCache, cache_key
+from spatialprobe.store.shards import FeatureCache, cache_key
 from spatialprobe.features import TokenFeatures, grid_footprints
 
 
@@ -83,7 +83,7 @@ def test_metadata_rewritten_unchanged_still_loads(tmp_path):
 
 
 def test_entry_of_another_format_is_a_miss(tmp_path, monkeypatch):
-    from spatialprobe import cache as cache_module
+    from spatialprobe.store import shards as cache_module
 
     cache, key = FeatureCache(tmp_path), "56" * 32
     monkeypatch.setattr(cache_module, "FORMAT", "spatialprobe-features-v0")

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 import spatialprobe as sp
-from spatialprobe.backbones import cogvlm2
-from spatialprobe.backbones.cogvlm2 import (CogVLM2Backbone, Layout, grid_sides, split_boi_eoi, stage_names,
+from spatialprobe.models import cogvlm2
+from spatialprobe.models.cogvlm2 import (CogVLM2Backbone, Layout, grid_sides, split_boi_eoi, stage_names,
                                             vision_positions, vision_slot_count)
 from planting import forward_calls
 
@@ -39,7 +39,7 @@ def test_bad_path_is_named_with_remote_code_allowed(tmp_path):
 
 
 def test_registry_says_how_it_is_tested():
-    assert sp.backbones.backbone_class("cogvlm2") is CogVLM2Backbone
+    assert sp.models.backbone_class("cogvlm2") is CogVLM2Backbone
     assert CogVLM2Backbone.offline_test == "only with $SPATIALPROBE_COGVLM2_PATH"
     with pytest.raises(sp.SpatialProbeError, match=r"\$SPATIALPROBE_COGVLM2_PATH"):
         CogVLM2Backbone.save_tiny(Path("unused"))

@@ -4,7 +4,7 @@ import re
 import pytest
 
 import spatialprobe.decision
-from spatialprobe.backbones import FAMILIES
+from spatialprobe.models import FAMILIES
 from spatialprobe.config import load_config, parse_config, quickstart_config, safe_run_dir_name
 from spatialprobe.errors import SpatialProbeError
 

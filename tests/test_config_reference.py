@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from spatialprobe.backbones import FAMILIES
+from spatialprobe.models import FAMILIES
 from spatialprobe.config import RunConfig, adapter_options, model_in
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import spatialprobe as sp
-from spatialprobe.backbones.base import Backbone
+from spatialprobe.models.base import Backbone
 from spatialprobe.features import TokenFeatures, grid_footprints
 from spatialprobe.testing import save_tiny
 from planting import assert_peaks_in_planted_cells, forward_calls, noise_square_image

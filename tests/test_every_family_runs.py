@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from spatialprobe.backbones import FAMILIES
+from spatialprobe.models import FAMILIES
 from spatialprobe.config import parse_config
 from spatialprobe.runner import run
 

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 import spatialprobe as sp
-from spatialprobe.backbones.florence2 import TASK
+from spatialprobe.models.florence2 import TASK
 from spatialprobe.testing import save_tiny
 from planting import assert_peaks_in_planted_cells, noise_square_image
 

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 import spatialprobe as sp
-from spatialprobe.backbones.grounding_dino import PROMPT, Level, level_footprints
+from spatialprobe.models.grounding_dino import PROMPT, Level, level_footprints
 from spatialprobe.testing import save_tiny
 from planting import forward_calls
 

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 import spatialprobe as sp
-from spatialprobe.backbones.hybrid import resample
+from spatialprobe.models.hybrid import resample
 from spatialprobe.config import parse_config
 from spatialprobe.data import generate_synthetic_shapes, load_coco
 from spatialprobe.features import TokenFeatures, grid_footprints, overlap_weights

@@ -179,7 +179,7 @@ def test_probe_resamples_config_and_result_key():
 
 
 def test_reconstruction_and_vqa_rows_say_what_their_interval_covers(monkeypatch):
-    import spatialprobe.perceptual as perceptual
+    import spatialprobe.metrics.perceptual as perceptual
     from spatialprobe.probes.reconstruction import reconstruction_records
     from spatialprobe.vqa import vqa_records
 

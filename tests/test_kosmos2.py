@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 import spatialprobe as sp
-from spatialprobe.backbones.kosmos2 import PROMPT
+from spatialprobe.models.kosmos2 import PROMPT
 from spatialprobe.testing import save_tiny
 
 SIZE = 56  # a 4x4 grid of 14-px patches

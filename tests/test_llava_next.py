@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 import spatialprobe as sp
-from spatialprobe.backbones._tiny_llava_next import PATCH, PINPOINTS, TILE
-from spatialprobe.backbones.llava_next import anyres_layout
+from spatialprobe.models._tiny_llava_next import PATCH, PINPOINTS, TILE
+from spatialprobe.models.llava_next import anyres_layout
 from spatialprobe.testing import save_tiny
 from planting import forward_calls
 

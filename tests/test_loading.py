@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import spatialprobe as sp
-from spatialprobe.backbones.base import LoadOptions
+from spatialprobe.models.base import LoadOptions
 from spatialprobe.testing import save_tiny
 
 
@@ -54,7 +54,7 @@ def test_revision_and_quantization_change_the_cache_key(tmp_path):
 
 
 def test_remote_code_is_announced_once(tmp_path):
-    from spatialprobe.backbones import base
+    from spatialprobe.models import base
 
     folder = str(save_tiny("dinov2", tmp_path / "d"))
     base._REMOTE_CODE_WARNED.discard(folder)

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 import spatialprobe as sp
-from spatialprobe.backbones.vit import resize_whole
+from spatialprobe.models.vit import resize_whole
 from spatialprobe.testing import save_tiny
 from planting import forward_calls
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-from spatialprobe import perceptual
+from spatialprobe.metrics import perceptual
 
 
 def images(seed, n=3, size=32):

@@ -94,7 +94,7 @@ def test_presets_extract_the_union_of_their_stages():
 
 
 def test_stored_shards_are_cached_and_their_measured_seconds_replace_the_assumption(tmp_path):
-    from spatialprobe.cache import FeatureCache
+    from spatialprobe.store.shards import FeatureCache
     from spatialprobe.data import dataset_hash, generate_synthetic_shapes
     from spatialprobe.plan import plan_jobs
     from spatialprobe.runner import load_split

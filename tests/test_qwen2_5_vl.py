@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 import spatialprobe as sp
-from spatialprobe.backbones.qwen2_5_vl import PROMPT, group_order_to_raster
+from spatialprobe.models.qwen2_5_vl import PROMPT, group_order_to_raster
 from spatialprobe.testing import save_tiny
 from planting import assert_peaks_in_planted_cells, forward_calls, noise_square_image
 

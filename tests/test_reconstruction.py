@@ -1,7 +1,7 @@
 """The reconstruction probe on features whose answer is known."""
 import torch
 
-from spatialprobe.perceptual import psnr
+from spatialprobe.metrics.perceptual import psnr
 from spatialprobe.probes.reconstruction import reconstruction_probe
 
 

@@ -137,8 +137,8 @@ def test_interrupted_run_resumes_with_identical_results(finished_run, tmp_path, 
         run(config, tmp_path / "out")
     monkeypatch.setattr(extract, "run_shard", real)
     extracted = []
-    monkeypatch.setattr(sp.backbones.base.Backbone, "extract",
-                        lambda self, images, *a, _real=sp.backbones.base.Backbone.extract, **k: extracted.append(len(images)) or _real(self, images, *a, **k))
+    monkeypatch.setattr(sp.models.base.Backbone, "extract",
+                        lambda self, images, *a, _real=sp.models.base.Backbone.extract, **k: extracted.append(len(images)) or _real(self, images, *a, **k))
     run(config, tmp_path / "out")
     assert read_results(tmp_path / "out") == read_results(run_dir)
     # 4 backbones (pixels, dino, dino random init, qwen) x 96 images, less the two 16-image shards
@@ -281,7 +281,7 @@ def test_data_command_writes_a_coco_dataset(tmp_path):
 
 
 def test_models_command_lists_every_family():
-    from spatialprobe.backbones import FAMILIES
+    from spatialprobe.models import FAMILIES
 
     result = CliRunner().invoke(app, ["models"])
     assert result.exit_code == 0 and all(family in result.output for family in FAMILIES)

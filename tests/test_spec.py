@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import spatialprobe.backbones
+import spatialprobe.models
 from spatialprobe.cli import app
 from spatialprobe.config import load_config, parse_config
 from spatialprobe.spec import ModelSpec, spec_runs
@@ -118,8 +118,8 @@ def test_key_never_loads_the_model(two_tiny, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("key() loaded a model")
 
-    monkeypatch.setattr(spatialprobe.backbones, "load_backbone", refuse)
-    monkeypatch.setattr(spatialprobe.backbones, "backbone_class", refuse)
+    monkeypatch.setattr(spatialprobe.models, "load_backbone", refuse)
+    monkeypatch.setattr(spatialprobe.models, "backbone_class", refuse)
     hybrid = ModelSpec("hybrid", "", options=(("parts", (("a", "vision.block.-1"), ("b", "vision.embed"))),),
                        parts=(ModelSpec("dinov2", str(two_tiny[0])), ModelSpec("dinov2", str(two_tiny[1]))))
     assert len(ModelSpec("dinov2", str(two_tiny[0])).key()) == 64 and hybrid.key()

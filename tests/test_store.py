@@ -7,11 +7,11 @@ import sys
 import pytest
 import torch
 
-from spatialprobe import cache as cache_module
+from spatialprobe.store import shards as cache_module
 from spatialprobe import extract
-from spatialprobe.cache import FeatureCache, stage_key
+from spatialprobe.store.shards import FeatureCache, stage_key
 from spatialprobe.features import TokenFeatures, grid_footprints
-from spatialprobe.sources import InMemorySource, MissingShard, StoreSource
+from spatialprobe.store.sources import InMemorySource, MissingShard, StoreSource
 
 STAGES = ["vision.embed", "llm.layer0"]
 

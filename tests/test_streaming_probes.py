@@ -13,7 +13,7 @@ from spatialprobe.probes.box import box_probe, gram_box_probe
 from spatialprobe.probes.dense_stream import FOLDS, FoldRidge, FoldSums
 from spatialprobe.probes.gram import centered_grams
 from spatialprobe.probes.ridge import RidgeSolver
-from spatialprobe.sources import InMemorySource
+from spatialprobe.store.sources import InMemorySource
 from test_dense import with_noisy_coverage
 from test_probes import by_key, rectangles
 

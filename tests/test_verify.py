@@ -11,9 +11,9 @@ import transformers
 from typer.testing import CliRunner
 
 import spatialprobe as sp
-from spatialprobe.backbones import FAMILIES
-from spatialprobe.backbones.dinov2 import Dinov2Backbone
-from spatialprobe.backbones.qwen2_5_vl import Qwen25VLBackbone
+from spatialprobe.models import FAMILIES
+from spatialprobe.models.dinov2 import Dinov2Backbone
+from spatialprobe.models.qwen2_5_vl import Qwen25VLBackbone
 from spatialprobe.cli import app
 from spatialprobe.features import TokenFeatures, grid_footprints
 from spatialprobe.testing import save_tiny

@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 __all__ = ["load_backbone", "metrics", "TokenFeatures", "SpatialProbeError", "__version__"]
 
 #: public name -> (module, attribute or None for the module itself)
-_LAZY = {"load_backbone": (".backbones", "load_backbone"), "metrics": (".metrics", None),
+_LAZY = {"load_backbone": (".models", "load_backbone"), "metrics": (".metrics", None),
          "TokenFeatures": (".features", "TokenFeatures")}
 
 

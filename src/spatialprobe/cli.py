@@ -183,7 +183,7 @@ def synthetic_shapes(
 @app.command()
 def models() -> None:
     """The supported model families: stages and token layout, where weights come from, what is tested offline."""
-    from .backbones import FAMILIES, backbone_class
+    from .models import FAMILIES, backbone_class
 
     table = Table("family", "stages and token layout", "weights", "tested offline", show_lines=True)
     for family in FAMILIES:

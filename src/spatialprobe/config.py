@@ -16,7 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictInt, ValidationError, 
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from . import decision as decision_rules
-from .backbones import FAMILIES, backbone_class
+from .models import FAMILIES, backbone_class
 from .decision import DecisionConfig
 from .errors import SpatialProbeError
 from .tasks import TASKS

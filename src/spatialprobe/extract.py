@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from .cache import FeatureCache, ModelKey, stage_key
+from .store.shards import FeatureCache, ModelKey, stage_key
 from .features import TokenFeatures
 
 if TYPE_CHECKING:
-    from .backbones.base import Backbone
+    from .models.base import Backbone
 
 
 @dataclass(frozen=True)

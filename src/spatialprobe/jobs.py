@@ -56,7 +56,7 @@ class RunInfo:
 
 def open_spec(spec: ModelSpec, config: RunConfig):
     """A backbone loaded from its spec on the run's device (a random-init variant re-initialized in place)."""
-    from .backbones import load_backbone
+    from .models import load_backbone
     from .spec import thaw
 
     options = {**thaw(spec.load), **thaw(spec.options)}
@@ -131,7 +131,7 @@ class ExtractJob:
     stages: tuple[str, ...] | None
 
     def run(self, backbone) -> dict:
-        from .cache import FeatureCache
+        from .store.shards import FeatureCache
         from .extract import ShardJob, run_shard
 
         begun = time.perf_counter()
@@ -144,7 +144,7 @@ class ExtractJob:
 
 def stored_stage(ctx, model_key: str, split: str, stage: str):
     """One stage of one split, joined from the store's shards (a one-line error names a missing shard)."""
-    from .cache import FeatureCache
+    from .store.shards import FeatureCache
     from .errors import SpatialProbeError
     from .extract import plan_shards, shard_keys
     from .features import TokenFeatures

@@ -286,7 +286,7 @@ def union_stages(requests) -> str | list[str]:
 
 def find_data_hash(config: RunConfig) -> str | None:
     """The dataset's content hash when its folder exists (complete), else None; builds nothing."""
-    from .cache import cache_key
+    from .store.shards import cache_key
     from .data import dataset_hash
     from .data.shapes import GENERATOR_VERSION
     from .errors import SpatialProbeError
@@ -310,7 +310,7 @@ def find_data_hash(config: RunConfig) -> str | None:
 
 
 def feature_store(config: RunConfig):
-    from .cache import FeatureCache
+    from .store.shards import FeatureCache
     from .runner import work_dir
 
     return FeatureCache(work_dir(config) / "features" if config.cache_dir else None)
@@ -407,7 +407,7 @@ def probe_flops(shape: StageShape, n_train: int, fits: int, probes: list[str]) -
 
 def plan_tasks(config: RunConfig, runs) -> tuple[list[dict], float]:
     """One entry per (task, run, stage | "judged" | "model") job, and the probe fits' FLOPs."""
-    from .backbones import backbone_class
+    from .models import backbone_class
 
     n_train = next(iter(split_sizes(config).values()))  # the training split comes first
     entries, flops = [], 0.0

@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .cache import default_cache_dir
+from .store.shards import default_cache_dir
 from .config import RunConfig
 from .errors import SpatialProbeError
 

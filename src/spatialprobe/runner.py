@@ -12,9 +12,9 @@ import torch
 from rich.console import Console
 
 from . import __version__
-from .backbones import load_backbone
-from .backbones.base import Backbone
-from .cache import FeatureCache, cache_key, default_cache_dir
+from .models import load_backbone
+from .models.base import Backbone
+from .store.shards import FeatureCache, cache_key, default_cache_dir
 from .config import RunConfig
 from .data import dataset_hash, generate_synthetic_shapes, load_coco
 from .data.shapes import GENERATOR_VERSION
@@ -25,7 +25,7 @@ from .files import write_atomic
 from .jobs import (DataRef, ExtractJob, InfoJob, RunInfo, VerifyJob, open_job_model, run_model_job, run_task_job,
                    spec_group)
 from .progress import JobProgress
-from .result_cache import ResultCache, result_key
+from .store.results import ResultCache, result_key
 from .spec import RANDOM_INIT_SEED_OFFSET, ModelSpec  # noqa: F401 (the control's seed offset)
 from .tasks import PlanContext
 from .tasks.spatial_probe import MASK_SIZE, probe_key, probe_split, resize_mask  # noqa: F401 (public names)

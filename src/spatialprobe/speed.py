@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .backbones.base import Backbone
+from .models.base import Backbone
 
 PROC_STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 

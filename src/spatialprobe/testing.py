@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .backbones import backbone_class
+from .models import backbone_class
 from .files import install_folder
 
 TINY_MARKER = "spatialprobe-tiny.json"

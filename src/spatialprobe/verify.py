@@ -242,7 +242,7 @@ def verify_checkpoint(family: str, path: str, stages: list[str] | None = None, o
     Returns the backbone and its checks."""
     import tempfile
 
-    from .backbones import load_backbone
+    from .models import load_backbone
     from .preflight import check_device
     from .testing import save_tiny
 

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import SpatialProbeError
 from ..features import TokenFeatures
-from ..sources import InMemorySource, TokenSource
+from ..store.sources import InMemorySource, TokenSource
 from .bounds import ceilings, floors, perfect_scores
 from .scoring import Scored, score
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..sources import TokenSource
+from ..store.sources import TokenSource
 from .footprints import paint, token_coverage
 from .ridge import ALPHA_GRID
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..sources import TokenSource
+from ..store.sources import TokenSource
 
 PANEL_BYTES = 6 * 2**30
 #: float64 bytes of one column chunk of a shard converted at once

@@ -65,7 +65,7 @@ def reconstruction_records(train_grid: torch.Tensor, train_images: torch.Tensor,
     floor: the training set's mean image as every reconstruction (no features); ceiling: a perfect
     reconstruction (PSNR is capped at 120 dB, where the error clamps)."""
     from ..metrics import mean_ci
-    from ..perceptual import LPIPS, lpips_unavailable_reason, psnr, ssim
+    from ..metrics.perceptual import LPIPS, lpips_unavailable_reason, psnr, ssim
 
     recon = reconstruction_probe(train_grid, train_images, test_grid, seed=seed)
     mean_image = train_images.mean(0, keepdim=True).expand_as(test_images)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..report_parts import results_table
+from ..report.parts import results_table
 from . import NoJobs, PlanContext
 
 OUTPUT_SIZE = 64  # as probes.reconstruction.OUTPUT_SIZE (kept here so the report needs no torch)
@@ -49,7 +49,7 @@ class ReconstructionJob:
 
     def run(self) -> list[dict]:
         from ..jobs import stored_stage
-        from ..result_cache import ResultCache, result_key
+        from ..store.results import ResultCache, result_key
 
         ctx, run, config = self.ctx, self.model, self.ctx.config
         key = result_key(task="reconstruction_probe", model=run.spec.key(), stage=self.stage, data=ctx.data.key(),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..report_parts import figure_png, results_table, stage_order
+from ..report.parts import figure_png, results_table, stage_order
 from . import NoJobs, PlanContext
 
 MASK_SIZE = 112  # target masks are compared at this resolution (enough for 224-px images, cheap)
@@ -57,10 +57,10 @@ def probe_split(data, feats, mask_size: int = MASK_SIZE):
 def stored_split(ctx: PlanContext, run, split: str, stage: str):
     """A split's targets in memory and its tokens streamed from the store, shard by shard: the probes hold
     one shard and their accumulators, never the whole stage."""
-    from ..cache import FeatureCache
+    from ..store.shards import FeatureCache
     from ..probes import ProbeSplit
     from ..probes.footprints import mask_boxes
-    from ..sources import StoreSource
+    from ..store.sources import StoreSource
 
     data = ctx.data.split(split)
     source = StoreSource(FeatureCache(ctx.store_root), run.spec.key(), ctx.data.hash, split, len(data),
@@ -71,7 +71,7 @@ def stored_split(ctx: PlanContext, run, split: str, stage: str):
 
 
 def probe_key(model_key, stage: str, control: str, probe: str, data_key: dict, config) -> str:
-    from ..result_cache import result_key
+    from ..store.results import result_key
 
     return result_key(model=model_key, stage=stage, control=control, probe=probe, data=data_key,
                       bootstrap=config.bootstrap, seed=config.seed, mask_size=MASK_SIZE,
@@ -105,7 +105,7 @@ class SpatialProbeJob:
 
 def spatial_probe_rows(run, stage: str, ctx: PlanContext) -> list[dict]:
     from ..probes import probes_for, shuffle_tokens
-    from ..result_cache import ResultCache
+    from ..store.results import ResultCache
 
     config = ctx.config
     train, test = stored_split(ctx, run, "train", stage), stored_split(ctx, run, "test", stage)
@@ -198,7 +198,7 @@ def best_stages(results: list[dict]) -> str:
 
 def floor_note(results: list[dict]) -> str:
     """One note under the tables when any spatial-probe value sits at its floor (not a mark per cell)."""
-    from ..report_parts import at_floor
+    from ..report.parts import at_floor
 
     rows = [r for r in results if at_floor(r)]
     if not rows:

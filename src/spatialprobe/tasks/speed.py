@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..report_parts import results_table
+from ..report.parts import results_table
 from . import NoJobs, PlanContext
 
 

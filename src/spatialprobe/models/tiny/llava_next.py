@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ._tiny_tokenizer import word_level_tokenizer
+from .tokenizer import word_level_tokenizer
 
 TILE, PATCH = 56, 14
 PINPOINTS = [[TILE, 2 * TILE], [2 * TILE, TILE], [2 * TILE, 2 * TILE]]

@@ -111,6 +111,6 @@ class Kosmos2Backbone(HookedBackbone):
 
     @classmethod
     def save_tiny(cls, path: Path, seed: int = 0) -> None:
-        from ._tiny_kosmos2 import save_tiny_kosmos2
+        from .tiny.kosmos2 import save_tiny_kosmos2
 
         save_tiny_kosmos2(Path(path), seed)

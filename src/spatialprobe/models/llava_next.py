@@ -219,6 +219,6 @@ class LlavaNextBackbone(HookedBackbone):
 
     @classmethod
     def save_tiny(cls, path: Path, seed: int = 0) -> None:
-        from ._tiny_llava_next import save_tiny_llava_next
+        from .tiny.llava_next import save_tiny_llava_next
 
         save_tiny_llava_next(Path(path), seed)

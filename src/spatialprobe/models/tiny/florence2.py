@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from ._tiny_tokenizer import word_level_tokenizer
+from .tokenizer import word_level_tokenizer
 
 # BART's special tokens keep their usual ids (<s>=0, <pad>=1, </s>=2, <unk>=3); Florence2Processor needs
 # the tokenizer's `image_token`. The <loc_*> tokens only matter to the detection post-processor: left out.

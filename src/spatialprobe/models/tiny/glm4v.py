@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ._tiny_tokenizer import word_level_tokenizer
+from .tokenizer import word_level_tokenizer
 
 SPECIAL = ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|begin_of_image|>",
            "<|end_of_image|>", "<|image|>", "<|begin_of_video|>", "<|end_of_video|>", "<|video|>"]

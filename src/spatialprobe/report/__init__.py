@@ -6,8 +6,8 @@ import json
 import re
 from pathlib import Path
 
-from .errors import SpatialProbeError
-from .report_parts import at_floor, results_table, stage_order  # noqa: F401 (the report's public helpers)
+from ..errors import SpatialProbeError
+from .parts import at_floor, results_table, stage_order  # noqa: F401 (the report's public helpers)
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
@@ -42,7 +42,7 @@ def judged_models(manifest: dict) -> dict[str, list[str]]:
 
 
 def run_verdict(manifest: dict, results: list[dict]):
-    from .decision import DecisionConfig, decide
+    from ..decision import DecisionConfig, decide
 
     config = DecisionConfig.model_validate(manifest.get("config", {}).get("decision", {}))
     return decide(results, judged_models(manifest), config)  # the controls' rows give the margins
@@ -110,7 +110,7 @@ MARGIN_NOTE = ("over random init / over pixels: the model's value minus the cont
 
 
 def criteria_table(verdict) -> str:
-    from .decision import MARGIN_INTERVAL
+    from ..decision import MARGIN_INTERVAL
 
     e = html.escape
     rows = []
@@ -151,7 +151,7 @@ def incomplete_note(manifest: dict) -> str:
 
 def task_sections(manifest: dict, results: list[dict]) -> str:
     """Each task's section, in the registry's order (a task without rows in this run adds nothing)."""
-    from .tasks import TASKS, get_task
+    from ..tasks import TASKS, get_task
 
     present = {r.get("task") for r in results}
     return "".join(get_task(name).section(manifest, results) for name in TASKS if name in present)
@@ -205,7 +205,7 @@ def markdown_text(text) -> str:
 def render_markdown(manifest: dict, results: list[dict]) -> str:
     """A short summary for pull requests: the verdict, its reasons and the criteria table. Every string
     from the config or the results (names, labels, stages, reasons) goes through `markdown_text`."""
-    from .decision import MARGIN_INTERVAL
+    from ..decision import MARGIN_INTERVAL
 
     md = markdown_text
     verdict = run_verdict(manifest, results)
@@ -226,7 +226,7 @@ def render_markdown(manifest: dict, results: list[dict]) -> str:
 
 def write_report(run_dir: Path) -> Path:
     """Write report.html and its Markdown summary, summary.md, from the run's stored results."""
-    from .files import write_atomic
+    from ..files import write_atomic
 
     manifest, results = read_run(run_dir)
     target = Path(run_dir) / "report.html"

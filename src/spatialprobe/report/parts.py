@@ -1,6 +1,6 @@
 """Pieces every report section uses: the run's stage order, inline PNG figures and result tables.
 
-Kept apart from `report.py` so that task modules can build their sections without importing the
+Kept apart from the report package's `__init__` so that task modules can build their sections without importing the
 report (which imports the tasks), and without torch.
 """
 from __future__ import annotations

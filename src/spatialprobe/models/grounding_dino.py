@@ -137,6 +137,6 @@ class GroundingDinoBackbone(HookedBackbone):
 
     @classmethod
     def save_tiny(cls, path: Path, seed: int = 0) -> None:
-        from ._tiny_grounding_dino import save_tiny_grounding_dino
+        from .tiny.grounding_dino import save_tiny_grounding_dino
 
         save_tiny_grounding_dino(Path(path), seed)

@@ -135,6 +135,6 @@ class Qwen25VLBackbone(HookedBackbone):
 
     @classmethod
     def save_tiny(cls, path: Path, seed: int = 0) -> None:
-        from ._tiny_qwen import save_tiny_qwen2_5_vl
+        from .tiny.qwen import save_tiny_qwen2_5_vl
 
         save_tiny_qwen2_5_vl(Path(path), seed)

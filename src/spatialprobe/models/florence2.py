@@ -131,6 +131,6 @@ class Florence2Backbone(HookedBackbone):
 
     @classmethod
     def save_tiny(cls, path: Path, seed: int = 0) -> None:
-        from ._tiny_florence2 import save_tiny_florence2
+        from .tiny.florence2 import save_tiny_florence2
 
         save_tiny_florence2(Path(path), seed)

@@ -152,6 +152,6 @@ class Glm4vBackbone(HookedBackbone):
 
     @classmethod
     def save_tiny(cls, path: Path, seed: int = 0) -> None:
-        from ._tiny_glm4v import save_tiny_glm4v
+        from .tiny.glm4v import save_tiny_glm4v
 
         save_tiny_glm4v(Path(path), seed)

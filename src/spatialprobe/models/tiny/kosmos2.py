@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from ._tiny_tokenizer import word_level_tokenizer
+from .tokenizer import word_level_tokenizer
 
 # XLM-R style ids (<s>=0, <pad>=1, </s>=2, <unk>=3); Kosmos2Processor adds its tag tokens (<image>, <grounding>,
 # <phrase>, ...) and the <patch_index_*> tokens itself, and writes the 64 image placeholders as the ids right

@@ -10,9 +10,9 @@ from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 
-from .cache import FeatureCache, ModelKey, stage_key
-from .errors import SpatialProbeError
-from .features import TokenFeatures
+from .shards import FeatureCache, ModelKey, stage_key
+from ..errors import SpatialProbeError
+from ..features import TokenFeatures
 
 
 @runtime_checkable

@@ -30,8 +30,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .features import TokenFeatures
-from .files import umask_mode, write_atomic
+from ..features import TokenFeatures
+from ..files import umask_mode, write_atomic
 
 # v3: crc32 instead of SHA-256, times stored. Keys did not change, so v3 files get their own name
 # (FILE_SUFFIX): a check for a file's existence never mistakes a v2 file for a stored v3 shard. v2 files

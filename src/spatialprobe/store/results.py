@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .cache import cache_key
-from .files import write_atomic
+from .shards import cache_key
+from ..files import write_atomic
 
 #: bump when probe, metric or target code changes the numbers
 RESULTS_VERSION = 3

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from ._tiny_tokenizer import word_level_tokenizer
+from .tokenizer import word_level_tokenizer
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
 WORDS = ["user", "assistant", "system", "Describe", "the", "image", ".", "What", "colour", "shape", "is", "a",

@@ -326,6 +326,6 @@ class InternVLBackbone(HookedBackbone):
 
     @classmethod
     def save_tiny(cls, path: Path, seed: int = 0) -> None:
-        from ._tiny_internvl import save_tiny_internvl
+        from .tiny.internvl import save_tiny_internvl
 
         save_tiny_internvl(Path(path), seed)
