@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import spatialprobe as sp
-from spatialprobe.models._tiny_llava_next import PATCH, PINPOINTS, TILE
+from spatialprobe.models.tiny.llava_next import PATCH, PINPOINTS, TILE
 from spatialprobe.models.llava_next import anyres_layout
 from spatialprobe.testing import save_tiny
 from planting import forward_calls
