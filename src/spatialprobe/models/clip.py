@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPVisionModel
 
-from .vit import TINY_TOWER, VitTowerBackbone, save_tiny_tower
+from .vit import VitTowerBackbone
 
 
 class ClipBackbone(VitTowerBackbone):
@@ -21,5 +21,6 @@ class ClipBackbone(VitTowerBackbone):
 
     @classmethod
     def save_tiny(cls, path: Path, seed: int = 0) -> None:
-        processor = CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
-        save_tiny_tower(path, seed, CLIPVisionModel, CLIPVisionConfig(**TINY_TOWER, projection_dim=16), processor)
+        from .tiny.vit import save_tiny_clip
+
+        save_tiny_clip(Path(path), seed)

@@ -26,8 +26,9 @@ import torch
 from PIL import Image
 
 from ..errors import SpatialProbeError
-from ..features import TokenFeatures, grid_footprints
+from ..features import TokenFeatures
 from .base import HookedBackbone
+from .layout import gather_tokens, grid_features
 from .vit import resize_whole
 
 QUERY = "Describe the image."
@@ -168,16 +169,12 @@ class CogVLM2Backbone(HookedBackbone):
             side = self.side
         if tokens.shape[1] != side * side:
             raise RuntimeError(f"{self.label} {stage}: {tokens.shape[1]} tokens, expected {side}x{side}")
-        footprints = grid_footprints(side, side).expand(tokens.shape[0], -1, -1).contiguous()
-        return TokenFeatures(tokens.float(), footprints, (side, side), {k: v.float() for k, v in extra.items()})
+        return grid_features(tokens, side, side, {k: v.float() for k, v in extra.items()})
 
     @staticmethod
     def _at_image_positions(raw: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        def gather(index: torch.Tensor) -> torch.Tensor:
-            index = index.to(raw.device)
-            return torch.gather(raw, 1, index[..., None].expand(-1, -1, raw.shape[-1]))
-
-        return gather(layout.image_positions), {"boi": gather(layout.boi[:, None]), "eoi": gather(layout.eoi[:, None])}
+        return gather_tokens(raw, layout.image_positions), {"boi": gather_tokens(raw, layout.boi[:, None]),
+                                                            "eoi": gather_tokens(raw, layout.eoi[:, None])}
 
     @torch.inference_mode()
     def answer(self, images: list[Image.Image], questions: list[str], max_new_tokens: int = 8) -> list[str]:

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..errors import SpatialProbeError
-from ..features import TokenFeatures, grid_footprints
+from ..features import TokenFeatures
 from .base import HookedBackbone
+from .layout import check_multiple, grid_features
 from .vit import resize_whole
 
 TOTAL_STRIDE = 32  # ResNet's deepest feature map; DC5 (dilated) variants stop at 16, which divides it
@@ -68,9 +68,7 @@ class DetrBackbone(HookedBackbone):
         super().__init__(name_or_path, device, dtype, **load_options)
         from transformers import AutoImageProcessor, DetrForObjectDetection
 
-        if resolution % TOTAL_STRIDE:
-            raise SpatialProbeError(f"{self.family}: resolution {resolution} is not a multiple of {TOTAL_STRIDE} "
-                                    "(the backbone's total stride)")
+        check_multiple(self.family, resolution, TOTAL_STRIDE, "the backbone's total stride")
         self.model = self.load_model(DetrForObjectDetection)
         self.processor = self.load_processor(AutoImageProcessor)
         self.resolution = resolution
@@ -101,19 +99,10 @@ class DetrBackbone(HookedBackbone):
         tokens, (rows, cols) = map_to_tokens(raw)
         if self.resolution % rows or self.resolution % cols:
             raise RuntimeError(f"{self.label} {stage}: a {rows}x{cols} map does not tile {self.resolution} pixels")
-        footprints = grid_footprints(rows, cols).expand(tokens.shape[0], -1, -1).contiguous()
-        return TokenFeatures(tokens.float(), footprints, (rows, cols))
+        return grid_features(tokens, rows, cols)
 
     @classmethod
     def save_tiny(cls, path: Path, seed: int = 0) -> None:
-        from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
+        from .tiny.detr import save_tiny_detr
 
-        torch.manual_seed(seed)
-        # narrower random models give near-parallel features, which the encoder's post-LayerNorm turns into noise
-        resnet = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
-                              layer_type="basic", out_features=["stage1", "stage2", "stage3", "stage4"])
-        config = DetrConfig(use_timm_backbone=False, backbone_config=resnet, d_model=64, encoder_layers=2,
-                            decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-                            encoder_ffn_dim=128, decoder_ffn_dim=128, num_queries=8, num_labels=3)
-        DetrForObjectDetection(config).save_pretrained(path)
-        DetrImageProcessor(size={"shortest_edge": 128, "longest_edge": 213}).save_pretrained(path)
+        save_tiny_detr(Path(path), seed)

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+from transformers import Dinov2Model
 
-from .vit import TINY_TOWER, VitTowerBackbone, save_tiny_tower
+from .vit import VitTowerBackbone
 
 
 class Dinov2Backbone(VitTowerBackbone):
@@ -29,7 +29,6 @@ class Dinov2Backbone(VitTowerBackbone):
 
     @classmethod
     def save_tiny(cls, path: Path, seed: int = 0) -> None:
-        processor = BitImageProcessor(do_resize=False, do_center_crop=False,
-                                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
-        tower = {k: v for k, v in TINY_TOWER.items() if k != "intermediate_size"}  # DINOv2 sets it by mlp_ratio
-        save_tiny_tower(path, seed, Dinov2Model, Dinov2Config(**tower, mlp_ratio=2), processor)
+        from .tiny.vit import save_tiny_dinov2
+
+        save_tiny_dinov2(Path(path), seed)

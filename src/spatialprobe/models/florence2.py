@@ -25,8 +25,9 @@ import torch
 from PIL import Image
 
 from ..errors import SpatialProbeError
-from ..features import TokenFeatures, grid_footprints
+from ..features import TokenFeatures
 from .base import HookedBackbone
+from .layout import check_multiple, gather_tokens, grid_features, standard_stages, token_positions
 from .vit import resize_whole, whole_image_preprocessing
 
 TASK = "<CAPTION>"  # the processor expands it to "What does the image describe?"
@@ -65,9 +66,7 @@ class Florence2Backbone(HookedBackbone):
         return int(size.get("height") or size.get("shortest_edge") or 768)
 
     def _check_resolution(self, resolution: int) -> int:
-        if resolution % self.stride:
-            raise SpatialProbeError(f"{self.family}: resolution {resolution} is not a multiple of {self.stride} "
-                                    "(the DaViT tower's total stride)")
+        check_multiple(self.family, resolution, self.stride, "the DaViT tower's total stride")
         side = resolution // self.stride
         limit = int(self.model.config.vision_config.max_position_embeddings)
         if side > limit:
@@ -80,13 +79,10 @@ class Florence2Backbone(HookedBackbone):
         return self.unwrapped_model.model.vision_tower
 
     def stage_modules(self) -> dict[str, torch.nn.Module]:
-        stages = {"vision.embed": self.tower.convs[0]}
         blocks = [block for stage in self.tower.blocks for block in stage]
-        stages.update({f"vision.block.{i}": block for i, block in enumerate(blocks)})
-        stages["projector.out"] = self.unwrapped_model.model.multi_modal_projector
         encoder = self.unwrapped_model.model.language_model.encoder
-        stages.update({f"llm.layer.{i}": layer for i, layer in enumerate(encoder.layers)})
-        return stages
+        return standard_stages(self.tower.convs[0], blocks, {"out": self.unwrapped_model.model.multi_modal_projector},
+                               encoder.layers)
 
     def preprocessing(self) -> dict[str, Any]:
         image_processor = self.processor.image_processor
@@ -100,7 +96,7 @@ class Florence2Backbone(HookedBackbone):
     def prepare(self, images: list[Image.Image]) -> tuple[dict[str, Any], Layout]:
         inputs = self._inputs(images, [TASK] * len(images))
         is_image = inputs["input_ids"] == self.model.config.image_token_id
-        positions = torch.stack([row.nonzero().flatten() for row in is_image])
+        positions = token_positions(is_image)
         return self.move_inputs(inputs), Layout(positions)
 
     def to_features(self, stage: str, raw: torch.Tensor, layout: Layout) -> TokenFeatures:
@@ -108,16 +104,14 @@ class Florence2Backbone(HookedBackbone):
             _, _, rows, cols = raw.shape
             return self._grid(stage, raw.flatten(2).transpose(1, 2), rows, cols, {})
         if stage.startswith("llm."):
-            index = layout.image_positions.to(raw.device)
-            raw = torch.gather(raw, 1, index[..., None].expand(-1, -1, raw.shape[-1]))
+            raw = gather_tokens(raw, layout.image_positions)
         # [global mean, grid in raster order]
         return self._grid(stage, raw[:, 1:], self.side, self.side, {"global": raw[:, :1].float()})
 
     def _grid(self, stage: str, tokens: torch.Tensor, rows: int, cols: int, extra: dict) -> TokenFeatures:
         if tokens.shape[1] != rows * cols:
             raise RuntimeError(f"{self.label} {stage}: {tokens.shape[1]} tokens, expected {rows}x{cols}")
-        footprints = grid_footprints(rows, cols).expand(tokens.shape[0], -1, -1).contiguous()
-        return TokenFeatures(tokens.float(), footprints, (rows, cols), extra)
+        return grid_features(tokens, rows, cols, extra)
 
     @torch.inference_mode()
     def answer(self, images: list[Image.Image], questions: list[str], max_new_tokens: int = 8) -> list[str]:

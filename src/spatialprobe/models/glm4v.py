@@ -27,9 +27,10 @@ import torch
 from PIL import Image
 
 from ..errors import SpatialProbeError
-from ..features import TokenFeatures, grid_footprints
+from ..features import TokenFeatures
 from .base import HookedBackbone
-from .qwen2_5_vl import group_order_to_raster
+from .layout import (check_multiple, gather_tokens, grid_features, group_order_to_raster, standard_stages,
+                     token_positions)
 from .vit import resize_whole, whole_image_preprocessing
 
 # GLM-4.1V's chat format (zai-org/GLM-4.1V-9B-Thinking: [gMASK]<sop><|user|>\n<|begin_of_image|>...)
@@ -64,9 +65,7 @@ class Glm4vBackbone(HookedBackbone):
         self.processor = self.load_processor(AutoProcessor)
         vision = self.model.config.vision_config
         self.patch, self.merge = int(vision.patch_size), int(vision.spatial_merge_size)
-        if resolution % (self.patch * self.merge):
-            raise SpatialProbeError(f"{self.family}: resolution {resolution} is not a multiple of "
-                                    f"{self.patch * self.merge} (patch size x merge size)")
+        check_multiple(self.family, resolution, self.patch * self.merge, "patch size x merge size")
         self.resolution = resolution
         self.side = resolution // self.patch
         self.raster = group_order_to_raster(self.side, self.merge)
@@ -86,13 +85,9 @@ class Glm4vBackbone(HookedBackbone):
         return self.unwrapped_model.model.visual
 
     def stage_modules(self) -> dict[str, torch.nn.Module]:
-        stages = {"vision.embed": self.visual.embeddings}
-        stages.update({f"vision.block.{i}": b for i, b in enumerate(self.visual.blocks)})
-        stages["projector.downsample"] = self.visual.downsample
-        stages["projector.out"] = self.visual.merger
-        layers = self.unwrapped_model.model.language_model.layers
-        stages.update({f"llm.layer.{i}": layer for i, layer in enumerate(layers)})
-        return stages
+        projector = {"downsample": self.visual.downsample, "out": self.visual.merger}
+        return standard_stages(self.visual.embeddings, self.visual.blocks, projector,
+                               self.unwrapped_model.model.language_model.layers)
 
     def preprocessing(self) -> dict[str, Any]:
         image_processor = self.processor.image_processor
@@ -110,7 +105,7 @@ class Glm4vBackbone(HookedBackbone):
         if not (grid[:, 1:] == self.side).all():
             raise RuntimeError(f"{self.label}: processor made a {grid[0].tolist()} grid, expected {self.side}x{self.side}")
         is_image = inputs["input_ids"] == self.model.config.image_token_id
-        positions = torch.stack([row.nonzero().flatten() for row in is_image])
+        positions = token_positions(is_image)
         return self.move_inputs(inputs), Layout(self.side, positions)
 
     def run(self, inputs: dict[str, Any]) -> None:
@@ -120,8 +115,7 @@ class Glm4vBackbone(HookedBackbone):
         batch = layout.image_positions.shape[0]
         merged_side = layout.side // self.merge
         if stage.startswith("llm."):
-            index = layout.image_positions.to(raw.device)
-            tokens = torch.gather(raw, 1, index[..., None].expand(-1, -1, raw.shape[-1]))
+            tokens = gather_tokens(raw, layout.image_positions)
             side = merged_side
         elif stage.startswith("projector."):  # one token per 2x2 group, groups in raster order
             tokens = raw.reshape(batch, merged_side * merged_side, -1)  # downsample's [G, C, 1, 1] too
@@ -129,8 +123,7 @@ class Glm4vBackbone(HookedBackbone):
         else:  # patch tokens in group order
             tokens = raw.reshape(batch, layout.side * layout.side, -1)[:, self.raster.to(raw.device)]
             side = layout.side
-        footprints = grid_footprints(side, side).expand(batch, -1, -1).contiguous()
-        return TokenFeatures(tokens.float(), footprints, (side, side))
+        return grid_features(tokens, side, side)
 
     def _question_prompt(self, question: str) -> str:
         """The checkpoint's own chat template when it has one (thinking off where the template allows it)."""

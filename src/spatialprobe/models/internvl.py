@@ -36,6 +36,7 @@ from PIL import Image
 from ..errors import SpatialProbeError
 from ..features import TokenFeatures, grid_footprints
 from .base import HookedBackbone
+from .layout import check_multiple, gather_tokens, standard_stages, token_positions
 
 QUESTION = "<|im_start|>user\n{image}\n{question}<|im_end|>\n<|im_start|>assistant\n"  # the -hf chat template
 DESCRIBE = "Describe the image."
@@ -125,9 +126,8 @@ class InternVLBackbone(HookedBackbone):
             self._load_native()
         self.merge = int(round(1 / self.downsample_ratio))
         tile = int(resolution or self.default_tile)
-        if tile % (self.patch * self.merge):
-            raise SpatialProbeError(f"{self.family}: resolution (tile side) {tile} is not a multiple of "
-                                    f"{self.patch * self.merge} (patch size x pixel-shuffle size)")
+        check_multiple(self.family, tile, self.patch * self.merge, "patch size x pixel-shuffle size",
+                       what="resolution (tile side)")
         self.tiling = Tiling(columns, rows, tile, self.use_thumbnail)
         self.side = tile // self.patch  # patches per tile side
         self.tokens_per_tile = (self.side // self.merge) ** 2
@@ -194,12 +194,8 @@ class InternVLBackbone(HookedBackbone):
 
     # --- stages -----------------------------------------------------------------------------------
     def stage_modules(self) -> dict[str, torch.nn.Module]:
-        stages = {"vision.embed": self.parts.embed}
-        stages.update({f"vision.block.{i}": block for i, block in enumerate(self.parts.blocks)})
-        stages["projector.pixel_shuffle"] = self.shuffle_tap
-        stages["projector.out"] = self.parts.projector
-        stages.update({f"llm.layer.{i}": layer for i, layer in enumerate(self.parts.llm_layers)})
-        return stages
+        projector = {"pixel_shuffle": self.shuffle_tap, "out": self.parts.projector}
+        return standard_stages(self.parts.embed, self.parts.blocks, projector, self.parts.llm_layers)
 
     def preprocessing(self) -> dict[str, Any]:
         return {"resize": "whole image, bicubic, no crop", "image_size": list(self.tiling.image_size),
@@ -256,7 +252,7 @@ class InternVLBackbone(HookedBackbone):
 
     def prepare(self, images: list[Image.Image]) -> tuple[dict[str, Any], Layout]:
         inputs = self._inputs(images, DESCRIBE)
-        positions = torch.stack([row.nonzero().flatten() for row in inputs["input_ids"] == self.image_token_id])
+        positions = token_positions(inputs["input_ids"] == self.image_token_id)
         return inputs, Layout(len(images), positions)
 
     def run(self, inputs: dict[str, Any]) -> None:
@@ -295,8 +291,7 @@ class InternVLBackbone(HookedBackbone):
         else:
             side = self.side // self.merge
             if stage.startswith("llm."):
-                index = layout.image_positions.to(raw.device)
-                per_tile = torch.gather(raw, 1, index[..., None].expand(-1, -1, raw.shape[-1]))
+                per_tile = gather_tokens(raw, layout.image_positions)
             else:  # pixel_shuffle gives [n, s, s, 4C]; the projector [n, s*s, C']
                 per_tile = raw
             per_tile = self._raster(per_tile.reshape(batch * tiles, side * side, raw.shape[-1]))

@@ -23,8 +23,9 @@ import torch
 from PIL import Image
 
 from ..errors import SpatialProbeError
-from ..features import TokenFeatures, grid_footprints
+from ..features import TokenFeatures
 from .base import HookedBackbone
+from .layout import gather_tokens, grid_features, standard_stages, token_positions
 from .vit import resize_whole, whole_image_preprocessing
 
 PROMPT = "<grounding> An image of"  # the model card's captioning prompt
@@ -63,11 +64,8 @@ class Kosmos2Backbone(HookedBackbone):
         return self.model.vision_model.model
 
     def stage_modules(self) -> dict[str, torch.nn.Module]:
-        stages = {"vision.embed": self.tower.embeddings}
-        stages.update({f"vision.block.{i}": layer for i, layer in enumerate(self.tower.encoder.layers)})
-        stages["projector.out"] = self.model.image_to_text_projection
-        stages.update({f"llm.layer.{i}": layer for i, layer in enumerate(self.model.text_model.model.layers)})
-        return stages
+        return standard_stages(self.tower.embeddings, self.tower.encoder.layers,
+                               {"out": self.model.image_to_text_projection}, self.model.text_model.model.layers)
 
     def preprocessing(self) -> dict[str, Any]:
         image_processor = self.processor.image_processor
@@ -81,19 +79,17 @@ class Kosmos2Backbone(HookedBackbone):
 
     def prepare(self, images: list[Image.Image]) -> tuple[dict[str, Any], Layout]:
         inputs = self._inputs(images, [PROMPT] * len(images))
-        positions = torch.stack([row.nonzero().flatten() for row in inputs["image_embeds_position_mask"].bool()])
+        positions = token_positions(inputs["image_embeds_position_mask"].bool())
         return self.move_inputs(inputs), Layout(positions)
 
     def to_features(self, stage: str, raw: torch.Tensor, layout: Layout) -> TokenFeatures:
         if stage.startswith("vision."):
-            tokens = raw[:, 1:].float()
+            tokens = raw[:, 1:]
             if tokens.shape[1] != self.side * self.side:
                 raise RuntimeError(f"{self.label} {stage}: {tokens.shape[1]} patch tokens, expected {self.side}^2")
-            footprints = grid_footprints(self.side, self.side).expand(tokens.shape[0], -1, -1).contiguous()
-            return TokenFeatures(tokens, footprints, (self.side, self.side), {"cls": raw[:, :1].float()})
+            return grid_features(tokens, self.side, self.side, {"cls": raw[:, :1].float()})
         if stage.startswith("llm."):
-            index = layout.image_positions.to(raw.device)
-            raw = torch.gather(raw, 1, index[..., None].expand(-1, -1, raw.shape[-1]))
+            raw = gather_tokens(raw, layout.image_positions)
         batch, _, channels = raw.shape
         none = raw.new_zeros(batch, 0, channels, dtype=torch.float32)
         return TokenFeatures(none, none.new_zeros(batch, 0, 4), None, {"queries": raw.float()})

@@ -34,6 +34,7 @@ from PIL import Image
 from ..errors import SpatialProbeError
 from ..features import TokenFeatures, grid_footprints
 from .base import HookedBackbone
+from .layout import gather_tokens, standard_stages, token_positions
 from .vit import resize_whole
 
 DESCRIBE = "Describe the image."
@@ -144,13 +145,10 @@ class LlavaNextBackbone(HookedBackbone):
         return getattr(tower, "vision_model", tower)
 
     def stage_modules(self) -> dict[str, torch.nn.Module]:
-        stages = {"vision.embed": self.tower.embeddings}
-        stages.update({f"vision.block.{i}": block for i, block in enumerate(self.tower.encoder.layers)})
         # the projector runs per tile; to_features packs its output exactly as pack_image_features does
-        stages["projector.out"] = self.unwrapped_model.model.multi_modal_projector
-        layers = self.unwrapped_model.model.language_model.layers
-        stages.update({f"llm.layer.{i}": layer for i, layer in enumerate(layers)})
-        return stages
+        return standard_stages(self.tower.embeddings, self.tower.encoder.layers,
+                               {"out": self.unwrapped_model.model.multi_modal_projector},
+                               self.unwrapped_model.model.language_model.layers)
 
     def preprocessing(self) -> dict[str, Any]:
         image_processor = self.processor.image_processor
@@ -181,7 +179,7 @@ class LlavaNextBackbone(HookedBackbone):
             raise SpatialProbeError(f"{self.label}: the processor writes {is_image.sum(1).tolist()} image tokens, "
                                     f"the model packs {len(self.layout.is_newline)} (check the processor's "
                                     "patch_size and num_additional_image_tokens=1 for CLS)")
-        positions = torch.stack([row.nonzero().flatten() for row in is_image])
+        positions = token_positions(is_image)
         return self.move_inputs(inputs), Batch(len(images), positions)
 
     def _in_llm_order(self, per_tile: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,8 +190,7 @@ class LlavaNextBackbone(HookedBackbone):
     def to_features(self, stage: str, raw: torch.Tensor, batch: Batch) -> TokenFeatures:
         footprints = self.layout.footprints.expand(batch.images, -1, -1).contiguous()
         if stage.startswith("llm."):
-            index = batch.image_positions.to(raw.device)
-            at_images = torch.gather(raw, 1, index[..., None].expand(-1, -1, raw.shape[-1])).float()
+            at_images = gather_tokens(raw, batch.image_positions).float()
             newline = self.layout.is_newline.to(raw.device)
             return TokenFeatures(at_images[:, ~newline], footprints, None, {"newline": at_images[:, newline]})
         if stage == "projector.out":

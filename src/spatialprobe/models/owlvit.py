@@ -22,8 +22,9 @@ import torch
 from PIL import Image
 
 from ..errors import SpatialProbeError
-from ..features import TokenFeatures, grid_footprints
+from ..features import TokenFeatures
 from .base import HookedBackbone
+from .layout import grid_features, standard_stages
 from .vit import resize_whole, whole_image_preprocessing
 
 
@@ -55,8 +56,7 @@ class _OwlBackbone(HookedBackbone):
         return getattr(self.model, self.inner).vision_model
 
     def stage_modules(self) -> dict[str, torch.nn.Module]:
-        stages = {"vision.embed": self.vision_model.embeddings}
-        stages.update({f"vision.block.{i}": layer for i, layer in enumerate(self.vision_model.encoder.layers)})
+        stages = standard_stages(self.vision_model.embeddings, self.vision_model.encoder.layers)
         stages["detector.image_embeds"] = self.model.layer_norm
         return stages
 
@@ -87,11 +87,16 @@ class _OwlBackbone(HookedBackbone):
         if stage.startswith("vision."):
             extra["cls"] = raw[:, :1].float()
             raw = raw[:, 1:]
-        tokens = raw.reshape(raw.shape[0], -1, raw.shape[-1]).float()
+        tokens = raw.reshape(raw.shape[0], -1, raw.shape[-1])
         if tokens.shape[1] != self.side * self.side:
             raise RuntimeError(f"{self.label} {stage}: {tokens.shape[1]} patch tokens, expected {self.side}^2")
-        footprints = grid_footprints(self.side, self.side).expand(tokens.shape[0], -1, -1).contiguous()
-        return TokenFeatures(tokens, footprints, (self.side, self.side), extra)
+        return grid_features(tokens, self.side, self.side, extra)
+
+    @classmethod
+    def save_tiny(cls, path: Path, seed: int = 0) -> None:
+        from .tiny.owlvit import save_tiny_owl
+
+        save_tiny_owl(Path(path), seed, cls.model_class_name)
 
 
 class OwlViTBackbone(_OwlBackbone):
@@ -106,13 +111,6 @@ class OwlViTBackbone(_OwlBackbone):
     def processor_options(self) -> dict[str, Any]:
         return {"do_resize": False, "do_center_crop": False}
 
-    @classmethod
-    def save_tiny(cls, path: Path, seed: int = 0) -> None:
-        from transformers import OwlViTForObjectDetection, OwlViTImageProcessor, OwlViTProcessor
-
-        save_tiny_owl(Path(path), seed, OwlViTForObjectDetection, OwlViTProcessor,
-                      OwlViTImageProcessor(size={"height": 64, "width": 64}, crop_size={"height": 64, "width": 64}))
-
 
 class Owlv2Backbone(_OwlBackbone):
     family = "owlv2"
@@ -126,52 +124,3 @@ class Owlv2Backbone(_OwlBackbone):
     def processor_options(self) -> dict[str, Any]:
         # resizing to the size the image already has leaves it unchanged (checked by the tests)
         return {"size": {"height": self.resolution, "width": self.resolution}}
-
-    @classmethod
-    def save_tiny(cls, path: Path, seed: int = 0) -> None:
-        from transformers import Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
-
-        save_tiny_owl(Path(path), seed, Owlv2ForObjectDetection, Owlv2Processor,
-                      Owlv2ImageProcessor(size={"height": 64, "width": 64}))
-
-
-# --- tiny checkpoints -----------------------------------------------------------------------------
-TINY_WORDS = ["!", "a", "photo", "of", "the", "red", "green", "blue", "circle", "square", "triangle", "object",
-              "[UNK]"]
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-
-
-def tiny_clip_tokenizer():
-    """A word-level stand-in for CLIP's BPE with its conventions: "!" (id 0) pads, EOS has the highest id
-    (the text tower pools at the argmax id), every query is BOS ... EOS, 16 tokens long."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(TINY_WORDS + [BOS, EOS])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    backend.add_special_tokens([BOS, EOS])
-    backend.post_processor = processors.TemplateProcessing(single=f"{BOS} $A {EOS}",
-                                                           special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token="!",
-                                        unk_token="[UNK]", model_max_length=16)
-    return tokenizer, vocab
-
-
-def tiny_owl_config(config_class, vocab: dict[str, int]):
-    return config_class(
-        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 16, "pad_token_id": vocab["!"],
-                     "bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS]},
-        # 64 px at patch 8: an 8x8 patch grid
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "image_size": 64, "patch_size": 8},
-        projection_dim=32,  # the class head compares text embeds with patches mapped to the text width
-    )
-
-
-def save_tiny_owl(path: Path, seed: int, model_class, processor_class, image_processor) -> None:
-    torch.manual_seed(seed)
-    tokenizer, vocab = tiny_clip_tokenizer()
-    model_class(tiny_owl_config(model_class.config_class, vocab)).save_pretrained(path)
-    processor_class(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)

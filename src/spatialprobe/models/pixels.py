@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from ..errors import SpatialProbeError
-from ..features import TokenFeatures, grid_footprints
+from ..features import TokenFeatures
 from .base import Backbone
+from .layout import grid_features
 from .vit import resize_whole
 
 
@@ -48,8 +49,7 @@ class PixelsBackbone(Backbone):
         pixels = torch.from_numpy(arrays)  # [B, H, W, 3]
         b, s, p = pixels.shape[0], self.side, self.patch
         patches = pixels.reshape(b, s, p, s, p, 3).permute(0, 1, 3, 2, 4, 5).reshape(b, s * s, p * p * 3)
-        footprints = grid_footprints(s, s).expand(b, -1, -1).contiguous()
-        return {"vision.embed": TokenFeatures(patches, footprints, (s, s))}
+        return {"vision.embed": grid_features(patches, s, s)}
 
     @classmethod
     def save_tiny(cls, path: Path, seed: int = 0) -> None:

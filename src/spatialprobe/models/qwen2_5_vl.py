@@ -17,8 +17,10 @@ import torch
 from PIL import Image
 
 from ..errors import SpatialProbeError
-from ..features import TokenFeatures, grid_footprints
+from ..features import TokenFeatures
 from .base import HookedBackbone
+from .layout import (check_multiple, gather_tokens, grid_features, group_order_to_raster, standard_stages,
+                     token_positions)
 from .vit import resize_whole, whole_image_preprocessing
 
 PROMPT = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>\n<|im_start|>assistant\n"
@@ -30,15 +32,6 @@ class Layout:
     side: int  # patches per image side
     window_index: torch.Tensor  # group permutation of the whole batch (from the model's own helper)
     image_positions: torch.Tensor  # [B, M] positions of image tokens in the LLM sequence
-
-
-def group_order_to_raster(side: int, merge: int) -> torch.Tensor:
-    """index[k] = position, in 2x2-group order, of the k-th patch in raster order."""
-    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
-    groups_per_row = side // merge
-    group = (rows // merge) * groups_per_row + cols // merge
-    within = (rows % merge) * merge + cols % merge
-    return (group * merge * merge + within).reshape(-1)
 
 
 class Qwen25VLBackbone(HookedBackbone):
@@ -61,9 +54,7 @@ class Qwen25VLBackbone(HookedBackbone):
         if max_pixels:  # Qwen's own budget: the largest square of whole 2x2 merge cells within it
             resolution = int(max_pixels ** 0.5) // (self.patch * self.merge) * (self.patch * self.merge)
         resolution = resolution or 224
-        if resolution % (self.patch * self.merge):
-            raise SpatialProbeError(f"{self.family}: resolution {resolution} is not a multiple of "
-                                    f"{self.patch * self.merge} (patch size x merge size)")
+        check_multiple(self.family, resolution, self.patch * self.merge, "patch size x merge size")
         self.resolution = resolution
         self.side = resolution // self.patch
         self.raster = group_order_to_raster(self.side, self.merge)
@@ -73,12 +64,8 @@ class Qwen25VLBackbone(HookedBackbone):
         return self.unwrapped_model.model.visual
 
     def stage_modules(self) -> dict[str, torch.nn.Module]:
-        stages = {"vision.embed": self.visual.patch_embed}
-        stages.update({f"vision.block.{i}": b for i, b in enumerate(self.visual.blocks)})
-        stages["projector.out"] = self.visual.merger
-        layers = self.unwrapped_model.model.language_model.layers
-        stages.update({f"llm.layer.{i}": layer for i, layer in enumerate(layers)})
-        return stages
+        return standard_stages(self.visual.patch_embed, self.visual.blocks, {"out": self.visual.merger},
+                               self.unwrapped_model.model.language_model.layers)
 
     def preprocessing(self) -> dict[str, Any]:
         image_processor = self.processor.image_processor
@@ -95,7 +82,7 @@ class Qwen25VLBackbone(HookedBackbone):
             raise RuntimeError(f"{self.label}: processor made a {grid[0].tolist()} grid, expected {self.side}x{self.side}")
         config = self.model.config.vision_config
         window_index, _ = get_vision_window_index(grid, self.merge, config.window_size, self.patch)
-        positions = torch.stack([row.nonzero().flatten() for row in inputs["input_ids"] == self.model.config.image_token_id])
+        positions = token_positions(inputs["input_ids"] == self.model.config.image_token_id)
         return self.move_inputs(inputs), Layout(self.side, window_index, positions)
 
     def _in_group_order(self, stage: str, raw: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -109,8 +96,7 @@ class Qwen25VLBackbone(HookedBackbone):
     def to_features(self, stage: str, raw: torch.Tensor, layout: Layout) -> TokenFeatures:
         merged_side = self.side // self.merge
         if stage.startswith("llm."):
-            index = layout.image_positions.to(raw.device)
-            tokens = torch.gather(raw, 1, index[..., None].expand(-1, -1, raw.shape[-1]))
+            tokens = gather_tokens(raw, layout.image_positions)
             side = merged_side
         else:
             ordered = self._in_group_order(stage, raw, layout)
@@ -120,8 +106,7 @@ class Qwen25VLBackbone(HookedBackbone):
             else:
                 side = self.side
                 tokens = ordered.reshape(-1, side * side, ordered.shape[-1])[:, self.raster.to(raw.device)]
-        footprints = grid_footprints(side, side).expand(tokens.shape[0], -1, -1).contiguous()
-        return TokenFeatures(tokens.float(), footprints, (side, side))
+        return grid_features(tokens, side, side)
 
     @torch.inference_mode()
     def answer(self, images: list[Image.Image], questions: list[str], max_new_tokens: int = 8) -> list[str]:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+from transformers import SiglipVisionModel
 
-from .vit import TINY_TOWER, VitTowerBackbone, save_tiny_tower
+from .vit import VitTowerBackbone
 
 
 class SiglipBackbone(VitTowerBackbone):
@@ -18,5 +18,6 @@ class SiglipBackbone(VitTowerBackbone):
 
     @classmethod
     def save_tiny(cls, path: Path, seed: int = 0) -> None:
-        processor = SiglipImageProcessor(size={"height": 56, "width": 56})
-        save_tiny_tower(path, seed, SiglipVisionModel, SiglipVisionConfig(**TINY_TOWER), processor)
+        from .tiny.vit import save_tiny_siglip
+
+        save_tiny_siglip(Path(path), seed)

@@ -5,26 +5,15 @@ normalizes: so a token's footprint is an exact cell of the original image.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
 from ..errors import SpatialProbeError
-from ..features import TokenFeatures, grid_footprints
+from ..features import TokenFeatures
 from .base import HookedBackbone
-
-
-TINY_TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  patch_size=14, image_size=56)
-
-
-def save_tiny_tower(path: Path, seed: int, model_class, config, processor) -> None:
-    """A tiny random-initialized tower and its processor, saved as a hub checkpoint would be."""
-    torch.manual_seed(seed)
-    model_class(config).save_pretrained(path)
-    processor.save_pretrained(path)
+from .layout import grid_features, standard_stages
 
 
 def resize_whole(images: list[Image.Image], size: int) -> list[Image.Image]:
@@ -73,9 +62,7 @@ class VitTowerBackbone(HookedBackbone):
         return list(self.model.encoder.layers)
 
     def stage_modules(self) -> dict[str, torch.nn.Module]:
-        stages = {"vision.embed": self.embeddings()}
-        stages.update({f"vision.block.{i}": block for i, block in enumerate(self.blocks())})
-        return stages
+        return standard_stages(self.embeddings(), self.blocks())
 
     def preprocessing(self) -> dict[str, Any]:
         return whole_image_preprocessing(self.processor, self.resolution, patch_size=self.patch)
@@ -98,8 +85,7 @@ class VitTowerBackbone(HookedBackbone):
         for name, count in self.leading_tokens().items():
             extra[name] = raw[:, start : start + count].float()
             start += count
-        tokens = raw[:, start:].float()
+        tokens = raw[:, start:]
         if tokens.shape[1] != self.side * self.side:
             raise RuntimeError(f"{self.label} {stage}: {tokens.shape[1]} patch tokens, expected {self.side}^2")
-        footprints = grid_footprints(self.side, self.side).expand(tokens.shape[0], -1, -1)
-        return TokenFeatures(tokens, footprints.contiguous(), (self.side, self.side), extra)
+        return grid_features(tokens, self.side, self.side, extra)

@@ -21,8 +21,9 @@ import torch
 from PIL import Image
 
 from ..errors import SpatialProbeError
-from ..features import TokenFeatures, grid_footprints
+from ..features import TokenFeatures
 from .base import HookedBackbone
+from .layout import grid_features, standard_stages
 from .vit import resize_whole, whole_image_preprocessing
 
 
@@ -51,9 +52,7 @@ class VJepa2Backbone(HookedBackbone):
         return self.model.encoder
 
     def stage_modules(self) -> dict[str, torch.nn.Module]:
-        stages = {"vision.embed": self.encoder.embeddings}
-        stages.update({f"vision.block.{i}": layer for i, layer in enumerate(self.encoder.layer)})
-        return stages
+        return standard_stages(self.encoder.embeddings, self.encoder.layer)
 
     def preprocessing(self) -> dict[str, Any]:
         return whole_image_preprocessing(self.processor, self.resolution, patch_size=self.patch,
@@ -71,16 +70,10 @@ class VJepa2Backbone(HookedBackbone):
     def to_features(self, stage: str, raw: torch.Tensor, layout: None) -> TokenFeatures:
         if raw.shape[1] != self.side * self.side:
             raise RuntimeError(f"{self.label} {stage}: {raw.shape[1]} tokens, expected one {self.side}^2 grid")
-        footprints = grid_footprints(self.side, self.side).expand(raw.shape[0], -1, -1).contiguous()
-        return TokenFeatures(raw.float(), footprints, (self.side, self.side))
+        return grid_features(raw, self.side, self.side)
 
     @classmethod
     def save_tiny(cls, path: Path, seed: int = 0) -> None:
-        from transformers import VJEPA2Config, VJEPA2Model, VJEPA2VideoProcessor
+        from .tiny.vjepa2 import save_tiny_vjepa2
 
-        torch.manual_seed(seed)
-        config = VJEPA2Config(patch_size=16, crop_size=64, frames_per_clip=4, tubelet_size=2, hidden_size=32,
-                              num_attention_heads=2, num_hidden_layers=2, mlp_ratio=2.0, pred_hidden_size=16,
-                              pred_num_attention_heads=2, pred_num_hidden_layers=1, num_pooler_layers=1)
-        VJEPA2Model(config).save_pretrained(path)
-        VJEPA2VideoProcessor(crop_size=64).save_pretrained(path)
+        save_tiny_vjepa2(Path(path), seed)

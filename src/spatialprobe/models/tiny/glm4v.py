@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from .qwen import save_qwen2_vl_style
 from .tokenizer import word_level_tokenizer
 
 SPECIAL = ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|begin_of_image|>",
@@ -42,11 +41,5 @@ def tiny_config(vocab: dict[str, int]):
 def save_tiny_glm4v(path: Path, seed: int = 0) -> None:
     from transformers import Glm4vForConditionalGeneration, Glm4vImageProcessor, Glm4vProcessor, Glm4vVideoProcessor
 
-    torch.manual_seed(seed)
-    tokenizer, vocab = tiny_tokenizer()
-    Glm4vForConditionalGeneration(tiny_config(vocab)).save_pretrained(path)
-    image_processor = Glm4vImageProcessor(patch_size=14, merge_size=2, temporal_patch_size=2,
-                                          size={"shortest_edge": 56 * 56, "longest_edge": 448 * 448})
-    video_processor = Glm4vVideoProcessor(patch_size=14, merge_size=2, temporal_patch_size=2)
-    Glm4vProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                   video_processor=video_processor).save_pretrained(path)
+    save_qwen2_vl_style(path, seed, tiny_tokenizer, tiny_config, Glm4vForConditionalGeneration, Glm4vProcessor,
+                        Glm4vImageProcessor, Glm4vVideoProcessor)

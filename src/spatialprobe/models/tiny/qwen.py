@@ -1,7 +1,9 @@
-"""A tiny random-initialized Qwen2.5-VL with a processor and a small tokenizer, built offline in code."""
+"""A tiny random-initialized Qwen2.5-VL with a processor and a small tokenizer, built offline in code; and the
+save step every Qwen2-VL-style checkpoint shares (GLM-4.1V's processor is one too)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -35,15 +37,23 @@ def tiny_config(vocab: dict[str, int]):
     )
 
 
+def save_qwen2_vl_style(path: Path, seed: int, make_tokenizer: Callable, make_config: Callable, model_class,
+                        processor_class, image_processor_class, video_processor_class) -> None:
+    """A random-initialized model of `make_config(vocab)` with a Qwen2-VL-style processor: 14-px patches merged
+    2x2, an image a 2-frame still, 56^2 to 448^2 pixels."""
+    torch.manual_seed(seed)
+    tokenizer, vocab = make_tokenizer()
+    model_class(make_config(vocab)).save_pretrained(path)
+    image_processor = image_processor_class(patch_size=14, merge_size=2, temporal_patch_size=2,
+                                            size={"shortest_edge": 56 * 56, "longest_edge": 448 * 448})
+    video_processor = video_processor_class(patch_size=14, merge_size=2, temporal_patch_size=2)
+    processor_class(image_processor=image_processor, tokenizer=tokenizer,
+                    video_processor=video_processor).save_pretrained(path)
+
+
 def save_tiny_qwen2_5_vl(path: Path, seed: int = 0) -> None:
     from transformers import (Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessor,
                               Qwen2VLVideoProcessor)
 
-    torch.manual_seed(seed)
-    tokenizer, vocab = tiny_tokenizer()
-    Qwen2_5_VLForConditionalGeneration(tiny_config(vocab)).save_pretrained(path)
-    image_processor = Qwen2VLImageProcessor(patch_size=14, merge_size=2, temporal_patch_size=2,
-                                            size={"shortest_edge": 56 * 56, "longest_edge": 448 * 448})
-    video_processor = Qwen2VLVideoProcessor(patch_size=14, merge_size=2, temporal_patch_size=2)
-    Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                        video_processor=video_processor).save_pretrained(path)
+    save_qwen2_vl_style(path, seed, tiny_tokenizer, tiny_config, Qwen2_5_VLForConditionalGeneration,
+                        Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
