@@ -128,3 +128,14 @@ def test_the_self_check_is_shown_per_model(tmp_path):
         "vision.embed": {"status": "pass"}, "vision.block.0": {"status": "fail"}, "vision.block.1": {"status": "pass"}}}
     page, _ = write_run(tmp_path / "run", manifest, results)
     assert "token-mapping self-check FAILED at vision.block.0 (2/3 stages, transformers 9.9)" in page
+
+
+def test_references_into_the_proposal_say_so(tmp_path):
+    manifest, results = model_runs("dino")
+    failing = [{**r, "value": 0.2, "ci_low": 0.18, "ci_high": 0.22} if r["metric"] == "spatial_iou" else r
+               for r in results]
+    page, summary = write_run(tmp_path / "run", manifest, failing)
+    assert "Pivot to different architecture (see proposal section 7)" in page + summary
+    for text in (page, summary):
+        before = re.findall(r"(\S+)\s+(?:sections?|§)\s*\d", text, flags=re.I)
+        assert before and set(before) == {"proposal"}, before  # "Section 7" alone reads as a section of the report

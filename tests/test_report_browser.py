@@ -86,3 +86,15 @@ def test_markdown_summary_beside_the_report(run_dir):
     assert ("| enc | vision.block.1 | spatial\\_iou | 40% | > 0.6 | 0.700 \\[0.680, 0.720\\] | pass | target |  |  | "
             "vision.block.1: 0.700 |") in summary
     assert "| enc | vision.block.1 | lpips | 15% | &lt; 0.35 | — | unavailable |" in summary
+
+
+def test_figures_are_shown_at_their_own_size(run_dir, tmp_path):
+    # the trace's text is sized for the PNG's own pixels: the page must not scale a figure down
+    page = tmp_path / "measured.html"
+    page.write_text((run_dir / "report.html").read_text().replace("</body>", (
+        "<script>window.onload = () => document.querySelectorAll('img').forEach(img => "
+        "console.log('figure', img.naturalWidth, img.clientWidth));</script></body>")))
+    result, console = browse(page, tmp_path, "--dump-dom")  # a 1,200 px window: the page at its widest
+    sizes = [line.split('"figure ')[1].split('"')[0].split() for line in console if '"figure ' in line]
+    assert result.returncode == 0 and len(sizes) == 2  # spatial_iou and bbox_iou
+    assert all(int(natural) == int(shown) > 1000 for natural, shown in sizes)

@@ -320,7 +320,7 @@ def matrix_row(verdicts: list[ModelVerdict], config: DecisionConfig, optimistic:
     near = [v.model for v in verdicts if ok(spatial_status(v, hybrid))]
     if near:
         return ("No model exceeds spatial threshold but one is >0.5", "Investigate hybrid approach", near)
-    return ("All models fail spatial threshold", "Pivot to different architecture (see Section 7)", [])
+    return ("All models fail spatial threshold", "Pivot to different architecture (see proposal section 7)", [])
 
 
 def spatial_status(v: ModelVerdict, c: Criterion) -> Status:

@@ -123,7 +123,7 @@ def criteria_table(verdict) -> str:
                     f"{STATUS_MARK[v.phase_gate]}</td></tr>")
     head = "".join(f'<th class="l">{h}</th>' for h in CRITERIA_COLUMNS)
     return (f"<table><tr>{head}</tr>{''.join(rows)}</table>"
-            f'<p class="note">{e(MARGIN_NOTE + MARGIN_INTERVAL)}. A tier is the section 8 tier of the interval\'s '
+            f'<p class="note">{e(MARGIN_NOTE + MARGIN_INTERVAL)}. A tier is the proposal section 8 tier of the interval\'s '
             f"worse end for a pass, of its better end for a fail, and \"uncertain\" for an uncertain criterion.</p>")
 
 

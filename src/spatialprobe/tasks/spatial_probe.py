@@ -13,13 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..report.parts import figure_png, results_table, stage_order
+from ..report.parts import axis_ticks, figure_png, stage_order, stage_positions
 from . import NoJobs, PlanContext
 
 MASK_SIZE = 112  # target masks are compared at this resolution (enough for 224-px images, cheap)
 SHUFFLED_SUFFIX = " [shuffled tokens]"
 METRICS = ("spatial_iou", "bbox_iou", "map_50", "map_75")
-PROBE_COLOURS = {"linear": "tab:blue", "pooled": "tab:orange", "dense": "tab:green"}
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
@@ -132,52 +131,165 @@ class SpatialProbeTask(NoJobs):
     def section(self, manifest: dict, results: list[dict]) -> str:
         rows = [r for r in results if r.get("task") == "spatial_probe"]
         figures = "".join(
-            f'<h3>{html.escape(m)}</h3><img alt="{html.escape(m)} by stage" src="data:image/png;base64,{png}">'
+            f'<h3>{html.escape(m)}</h3><img alt="{html.escape(m)} by stage, every model" src="data:image/png;base64,{png}">'
             for m in METRICS if (png := metric_figure(m, rows, manifest)))
         return (f"<h2>Best stage per model and probe</h2>{best_stages(rows)}{floor_note(rows)}"
-                '<h2>Layer-by-layer trace</h2><p class="note">x: stages from input to output; shaded: bootstrap 95% '
-                f"interval; dashed/dotted: ceiling/floor of the dense probe.</p>{figures}")
+                f'<h2>Layer-by-layer trace</h2><p class="note">{TRACE_CAPTION}</p>{figures}')
 
 
 TASK = SpatialProbeTask()
 
 
+RANDOM_INIT_SUFFIX = " [random init]"
+#: line style of each variant: a control is drawn in its model's colour, told apart by the dash
+VARIANT_STYLES = {"none": "-", "random_init": "--", "shuffled": ":"}
+VARIANT_NAMES = {"random_init": "random init", "shuffled": "shuffled tokens"}
+PROBE_TITLES = {"linear": "linear probe (flattened token grid)", "pooled": "pooled probe (mean token)",
+                "dense": "dense probe (per-token coverage)"}
+BOUND_COLOUR = "0.6"  # floors and ceilings: thin grey, behind the curves
+FONT_SIZE = 10  # points; 11 px at the PNG's 80 dpi, and the PNG is narrower than the page (no down-scaling)
+FIGURE_WIDTH = 13.5  # inches: ~1,090 px at 80 dpi, within the page (1,200 px less its margins and a scrollbar)
+TRACE_CAPTION = (
+    "One figure per metric, one panel per probe. x: every model's stages on one axis from the image to the LLM, "
+    "as in the diagram of proposal section 2.1: patch embedding at 0, vision blocks by relative depth (every model's "
+    "last vision block at &ldquo;vision 100%&rdquo;), the projector (or a detector's input, a hybrid's parts) at 1, "
+    "then LLM (or detector encoder) layers by relative depth. Each model has one colour: solid, the model; dashed, "
+    "its random-init copy; dotted, its shuffled-tokens control; a black square at the patch embedding, the raw-pixels "
+    "control. Shaded: the 95% interval. Thin grey lines, per model and stage: its floor (solid, the metric with no "
+    "features: the best constant prediction from the training labels) and its ceiling (dash-dot, the best the stage's "
+    "token resolution allows).")
+
+
+def variant_of(row: dict) -> str:
+    return row.get("variant") or row.get("control") or "none"
+
+
 def base_model(name: str) -> str:
-    return name.replace(SHUFFLED_SUFFIX, "")
+    return name.removesuffix(SHUFFLED_SUFFIX).removesuffix(RANDOM_INIT_SUFFIX)
+
+
+def model_colours(manifest: dict, rows: list[dict]) -> dict[str, str]:
+    """One colour per configured model (its controls share it), in the manifest's order."""
+    from matplotlib import colormaps
+
+    names = [n for n, info in manifest.get("models", {}).items() if info.get("control", "none") == "none"]
+    names += [b for r in rows if variant_of(r) != "pixels" and (b := base_model(r["model"])) not in names]
+    # no greys: grey is the floors' and ceilings' colour
+    palette = [c for c in (*colormaps["tab10"].colors, *colormaps["Dark2"].colors) if max(c) - min(c) > 0.1]
+    return {name: palette[i % len(palette)] for i, name in enumerate(dict.fromkeys(names))}
+
+
+def model_positions(manifest: dict, model: str, rows: list[dict]) -> dict[str, float]:
+    """x of a model's stages: from its manifest entry (the whole stage list when recorded), else from its rows."""
+    info = manifest.get("models", {}).get(model, {})
+    stages = list(dict.fromkeys(stage_order(manifest, model) + [r["stage"] for r in rows]))
+    return stage_positions(stages, info.get("all_stages"))
+
+
+def series(rows: list[dict], manifest: dict) -> dict[str, tuple[str, str, list[tuple[float, dict]]]]:
+    """Result name -> (its configured model, variant, [(x, row)] in x order), for one probe and metric."""
+    by_name: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_name[r["model"]].append(r)
+    out = {}
+    for name, own in by_name.items():
+        base = base_model(name)
+        positions = model_positions(manifest, base, [r for r in rows if base_model(r["model"]) == base])
+        out[name] = (base, variant_of(own[0]), sorted(((positions[r["stage"]], r) for r in own), key=lambda p: p[0]))
+    return out
+
+
+def trace_figure(metric: str, results: list[dict], manifest: dict):
+    """The trace of one metric as a matplotlib Figure (the report encodes it; tests inspect its artists): a panel
+    per probe, every model's curve on the shared axis. Each curve's label is its result name (the model, or
+    `<model> [random init]` / `[shuffled tokens]`); floor and ceiling lines are labelled `floor: <model>` and
+    `ceiling: <model>`. None when no row has the metric."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if r["metric"] == metric and r.get("stage") and r.get("value") is not None]
+    probes = [p for p in dict.fromkeys([*PROBE_TITLES, *(r["probe"] for r in rows)]) if any(r["probe"] == p for r in rows)]
+    if not probes:
+        return None
+    colours = model_colours(manifest, rows)
+    with plt.rc_context({"font.size": FONT_SIZE, "text.parse_math": False}):  # names are user text, not mathtext
+        fig, axes = plt.subplots(len(probes), 1, sharex=True, squeeze=False, layout="constrained",
+                                 figsize=(FIGURE_WIDTH, 1.2 + 2.6 * len(probes)))
+        for ax, probe in zip(axes[:, 0], probes):
+            draw_probe(ax, series([r for r in rows if r["probe"] == probe], manifest), colours)
+            ax.set_title(PROBE_TITLES.get(probe, probe), loc="left")
+            ax.set_ylabel(metric)
+            ax.set_ylim(0, 1.02)
+        ticks = axis_ticks([r["stage"] for r in rows])
+        bottom = axes[-1, 0]
+        bottom.set_xticks([x for x, _ in ticks], [label for _, label in ticks])
+        bottom.set_xlim(-0.08, max(x for x, _ in ticks) + 0.08)
+        add_legend(fig, colours, rows)
+    return fig
+
+
+def draw_probe(ax, curves: dict, colours: dict) -> None:
+    for x in (0.0, 1.0):  # where the vision part starts and hands its tokens on
+        ax.axvline(x, color="0.85", lw=0.8, zorder=0)
+    for name, (base, variant, points) in curves.items():
+        xs, values = [x for x, _ in points], [r["value"] for _, r in points]
+        low, high = ([r[end] if r.get(end) is not None else r["value"] for _, r in points] for end in ("ci_low", "ci_high"))
+        if variant == "pixels":  # one stage: a marker with its interval at the patch embedding
+            ax.vlines(xs, low, high, color="black", lw=1.5, zorder=4)
+            ax.plot(xs, values, "s", color="black", ms=6, label=name, zorder=4)
+        else:
+            colour = colours[base]
+            ax.plot(xs, values, VARIANT_STYLES.get(variant, "-."), marker="o", ms=3, lw=1.6, color=colour,
+                    label=name, zorder=3)
+            ax.fill_between(xs, low, high, color=colour, alpha=0.18 if variant == "none" else 0.08, lw=0)
+        if variant in ("none", "pixels"):  # the controls read the same images and grid: same bounds
+            draw_bounds(ax, name, points)
+
+
+def draw_bounds(ax, name: str, points: list) -> None:
+    for bound, style in (("floor", "-"), ("ceiling", "-.")):
+        known = [(x, r[bound]) for x, r in points if r.get(bound) is not None]
+        if known:
+            marker = "_" if len(known) == 1 else None  # a single stage: a short line at it
+            ax.plot([x for x, _ in known], [v for _, v in known], style, color=BOUND_COLOUR, lw=0.9, marker=marker,
+                    ms=16, label=f"{bound}: {name}", zorder=2)
+
+
+def add_legend(fig, colours: dict, rows: list[dict]) -> None:
+    """The models by colour, then what each line style means (the curves' own labels stay for inspection)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    shown = {base_model(r["model"]) for r in rows}
+    handles = [Line2D([], [], color=colour, lw=2.5, label=name) for name, colour in colours.items() if name in shown]
+    variants = {variant_of(r) for r in rows}
+    handles += [Line2D([], [], color="0.3", ls=VARIANT_STYLES[v], lw=1.6, label=VARIANT_NAMES[v])
+                for v in ("random_init", "shuffled") if v in variants]
+    if "pixels" in variants:
+        handles.append(Line2D([], [], color="black", marker="s", ls="", label="raw pixels"))
+    handles += [Patch(color="0.3", alpha=0.25, label="95% interval"),
+                Line2D([], [], color=BOUND_COLOUR, ls="-", lw=0.9, label="floor"),
+                Line2D([], [], color=BOUND_COLOUR, ls="-.", lw=0.9, label="ceiling")]
+    columns = legend_columns([h.get_label() for h in handles])
+    legend = fig.legend(handles=handles, loc="outside upper center", ncols=columns, frameon=False)
+    for text in legend.get_texts():
+        text.set_parse_math(False)
+
+
+def legend_columns(labels: list[str]) -> int:
+    """As many legend columns as fit the figure's width (a wider legend would widen the PNG, and the page would
+    then shrink its text): a column is its handle and spacing (~5 em) and the longest label (~0.6 em a character)."""
+    column_points = FONT_SIZE * (5 + 0.6 * max(len(label) for label in labels))
+    return max(1, min(len(labels), 5, int(FIGURE_WIDTH * 72 // column_points)))
+
+
+def legend_texts(fig) -> list[str]:
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
 
 
 def metric_figure(metric: str, results: list[dict], manifest: dict) -> str | None:
-    import matplotlib.pyplot as plt
-
-    by_model: dict[str, list[dict]] = defaultdict(list)
-    for r in results:
-        if r["metric"] == metric:
-            by_model[r["model"]].append(r)
-    if not by_model:
-        return None
-    fig, axes = plt.subplots(1, len(by_model), figsize=(3.6 * len(by_model), 3.2), squeeze=False, sharey=True)
-    for ax, (model, rows) in zip(axes[0], by_model.items()):
-        stages = stage_order(manifest, base_model(model))
-        for probe in PROBE_COLOURS:
-            points = sorted((stages.index(r["stage"]), r) for r in rows if r["probe"] == probe and r["stage"] in stages)
-            if not points:
-                continue
-            xs = [p[0] for p in points]
-            ax.plot(xs, [p[1]["value"] for p in points], "o-", ms=3, color=PROBE_COLOURS[probe], label=probe)
-            ax.fill_between(xs, [p[1]["ci_low"] for p in points], [p[1]["ci_high"] for p in points],
-                            color=PROBE_COLOURS[probe], alpha=0.2)
-            if probe == "dense":
-                ax.plot(xs, [p[1]["ceiling"] for p in points], "k--", marker="_", ms=14, lw=1, label="ceiling")
-                ax.plot(xs, [p[1]["floor"] for p in points], "k:", marker="_", ms=14, lw=1, label="floor")
-        # names are user text, not mathtext: a `$` in a name must neither break the figure nor typeset
-        ax.set_title(model, fontsize=9, parse_math=False)
-        ax.set_xticks(range(len(stages)))
-        ax.set_xticklabels([s.replace("vision.", "v.").replace("llm.layer.", "L") for s in stages], rotation=90, fontsize=6,
-                           parse_math=False)
-        ax.set_ylim(0, 1.02)
-    axes[0][0].set_ylabel(metric)
-    axes[0][0].legend(fontsize=7)
-    return figure_png(fig)
+    """The trace of one metric as an inline PNG (base64), or None when no row has the metric."""
+    fig = trace_figure(metric, results, manifest)
+    return figure_png(fig) if fig is not None else None
 
 
 def best_stages(results: list[dict]) -> str:
