@@ -243,6 +243,8 @@ class ModelConfig(LoadConfig):
     parts: list[HybridPart] | None = None
     #: also run a random-initialized copy of this architecture (a control)
     random_init_control: bool = True
+    #: store raster stages averaged over pool x pool tokens (coarser footprints; 1 = as the model gives them)
+    pool: int = Field(1, ge=1)
 
     @field_validator("family")
     @classmethod

@@ -43,9 +43,11 @@ def stored_shard(cache: FeatureCache, keys: dict[str, str]) -> dict[str, TokenFe
 
 
 def run_shard(backbone: "Backbone", model_key: ModelKey, data, dataset_hash: str, job: ShardJob,
-              stages: list[str], cache: FeatureCache, batch_size: int) -> dict[str, TokenFeatures]:
+              stages: list[str], cache: FeatureCache, batch_size: int, pool: int = 1) -> dict[str, TokenFeatures]:
     """Features of one shard for every stage, on the host as stored (float16 tokens): from the store when
-    every stage is there, else extracted, stored and indexed. Fresh and stored values are the same bits."""
+    every stage is there, else extracted, stored and indexed. Fresh and stored values are the same bits.
+    `pool` > 1 stores raster stages averaged over pool x pool tokens (`TokenFeatures.pool_grid`); the
+    model key must say so (`ModelSpec.pool` is part of its key)."""
     keys = shard_keys(model_key, dataset_hash, job, stages)
     cached = stored_shard(cache, keys)
     if cached is not None:
@@ -55,7 +57,7 @@ def run_shard(backbone: "Backbone", model_key: ModelKey, data, dataset_hash: str
     feats = backbone.extract(images, stages=stages, batch_size=batch_size, host_dtype=torch.float16)
     seconds = time.perf_counter() - begun
     # save returns the values exactly as stored: no reading back
-    stored = {stage: cache.save(key, feats.pop(stage)) for stage, key in keys.items()}
+    stored = {stage: cache.save(key, feats.pop(stage).pool_grid(pool)) for stage, key in keys.items()}
     cache.write_shard_index(model_key, dataset_hash, job.split, job.start, job.stop, stages=list(stages),
                             all_stages=list(backbone.stages), seconds=seconds, images=job.stop - job.start)
     return stored

@@ -87,6 +87,25 @@ class TokenFeatures:
         tokens = (weights @ self.tokens.double()).float()
         return TokenFeatures(tokens, target.expand(len(tokens), -1, -1).contiguous(), (side, side))
 
+    def pool_grid(self, k: int) -> "TokenFeatures":
+        """A raster's tokens averaged over k x k cells (edge windows hold what is left), each with the union
+        of its cells' footprints: a coarser raster of the same image, for stages too large to store whole.
+        Stages that are not one raster (tiles, levels, placeless queries) and clips are returned as they are."""
+        if k == 1 or self.grid_shape is None or self.times is not None:
+            return self
+        import torch.nn.functional as F
+
+        b, _, c = self.tokens.shape
+        h, w = self.grid_shape
+        raster = self.tokens.float().reshape(b, h, w, c).permute(0, 3, 1, 2)
+        pooled = F.avg_pool2d(raster, k, ceil_mode=True, count_include_pad=False)
+        tokens = pooled.permute(0, 2, 3, 1).reshape(b, -1, c).to(self.tokens.dtype)
+        corners = self.footprints.float().reshape(b, h, w, 4).permute(0, 3, 1, 2)
+        low = -F.max_pool2d(-corners[:, :2], k, ceil_mode=True)  # x0, y0: the smallest in the window
+        high = F.max_pool2d(corners[:, 2:], k, ceil_mode=True)  # x1, y1: the largest
+        footprints = torch.cat([low, high], 1).permute(0, 2, 3, 1).reshape(b, -1, 4)
+        return TokenFeatures(tokens, footprints, tuple(pooled.shape[-2:]), self.extra)
+
     @staticmethod
     def concat(parts: list["TokenFeatures"]) -> "TokenFeatures":
         """Join batches of the same stage along the batch dimension."""

@@ -263,8 +263,9 @@ def requested_shapes(cost: ModelCost, patterns) -> list[StageShape]:
     return [s for s in cost.stages if s.name in wanted]
 
 
-def stage_bytes(shapes: list[StageShape]) -> int:
-    return sum(s.tokens * s.channels * STORED_BYTES for s in shapes)
+def stage_bytes(shapes: list[StageShape], pool: int = 1) -> int:
+    """Bytes stored per image; `pool` > 1 (a model's `pool`) stores about tokens / pool^2 of each raster."""
+    return sum(math.ceil(s.tokens / pool ** 2) * s.channels * STORED_BYTES for s in shapes)
 
 
 def seconds_per_image(spec, dtype: str, stored_bytes: int = 0) -> float:
@@ -370,14 +371,15 @@ def model_summary(key: str, group: dict, config: RunConfig, measured: list[float
     spec = group["spec"]
     costs = [model_cost(s) for s in (spec.parts or (spec,))]
     shapes = [s for cost in costs for s in requested_shapes(cost, group["stages"])]
-    per_image = sum(measured) / len(measured) if measured else seconds_per_image(spec, config.dtype, stage_bytes(shapes))
+    stored = stage_bytes(shapes, spec.pool)
+    per_image = sum(measured) / len(measured) if measured else seconds_per_image(spec, config.dtype, stored)
     return {"model_key": key, "family": spec.family, "path": spec.path, "variant": spec.variant,
             "runs": list(group["who"]), "stages": group["stages"], "stage_count": len(shapes),
             "images_to_extract": todo, "images_cached": cached,
             "seconds_per_image": per_image, "seconds_source": "measured (shard index)" if measured else
             f"assumed ({costs[0].source}, A100 {config.dtype} at {SUSTAINED_FLOPS[config.dtype] / 1e12:.0f} TFLOP/s)",
-            "gpu_hours": todo * per_image / 3600, "bytes_per_image": stage_bytes(shapes),
-            "shard_bytes": stage_bytes(shapes) * config.shard_size, "disk_bytes": stage_bytes(shapes) * todo}
+            "gpu_hours": todo * per_image / 3600, "bytes_per_image": stored,
+            "shard_bytes": stored * config.shard_size, "disk_bytes": stored * todo}
 
 
 def run_stages(run) -> list[StageShape]:

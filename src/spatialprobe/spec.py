@@ -78,6 +78,7 @@ class ModelSpec:
     variant: str = "none"  # none | random_init | pixels | lora:<id>
     seed: int = 0  # random_init only
     parts: tuple["ModelSpec", ...] = ()  # hybrid; their names and stages are the option "parts"
+    pool: int = 1  # raster stages stored averaged over pool x pool tokens (1: as the model gives them)
 
     def key(self) -> str:
         """A hash of what the numbers depend on (see the module docstring); loads nothing."""
@@ -90,6 +91,8 @@ class ModelSpec:
                  "variant": self.variant}
         if self.variant == "random_init":
             parts["seed"] = self.seed
+        if self.pool > 1:  # absent at 1, so the keys of unpooled models stay as they were
+            parts["pool"] = self.pool
         if self.parts:
             parts["parts"] = [part.key() for part in self.parts]
         elif self.variant != "pixels":
@@ -122,7 +125,8 @@ class ModelSpec:
             options["parts"] = [(p.name, p.stage) for p in model.parts]
         return cls(family=model.family, path=resolved_path, revision=model.revision, options=freeze(options),
                    load=freeze({f: getattr(model, f) for f in LOAD_FIELDS}), quantization=model.quantization,
-                   dtype=dtype, variant=variant, seed=seed if variant == "random_init" else 0, parts=parts)
+                   dtype=dtype, variant=variant, seed=seed if variant == "random_init" else 0, parts=parts,
+                   pool=getattr(model, "pool", 1))
 
     @classmethod
     def pixels(cls, resolution: int, dtype: str) -> "ModelSpec":
