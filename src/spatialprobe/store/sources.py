@@ -38,6 +38,11 @@ class InMemorySource:
         for start in range(0, len(self), self.shard_size):
             yield self.feats.select(slice(start, start + self.shard_size))
 
+    def shard(self, number: int) -> TokenFeatures:
+        """Shard `number` alone (images number * shard_size onwards): random access to a few images."""
+        start = number * self.shard_size
+        return self.feats.select(slice(start, start + self.shard_size))
+
 
 class MissingShard(SpatialProbeError):
     """A shard the store should hold is absent (never extracted, or found damaged and deleted)."""
@@ -59,15 +64,22 @@ class StoreSource:
         return self.n_images
 
     def shards(self) -> Iterator[TokenFeatures]:
-        for start in range(0, self.n_images, self.shard_size):
-            stop = min(start + self.shard_size, self.n_images)
-            feats = self.cache.load(stage_key(self.model_key, self.data_hash, self.split, start, stop, self.stage))
-            if feats is None:
-                model = self.model_key if isinstance(self.model_key, str) else self.model_key.get("name_or_path", "?")
-                raise MissingShard(f"feature store {self.cache.root}: no {self.stage} features of {self.split} "
-                                   f"images {start}-{stop} for model {str(model)[:40]}: extract them first")
+        for number in range(-(-self.n_images // self.shard_size)):
+            feats = self.shard(number)
             yield feats
             del feats  # not held (mapped) while the next shard loads
+
+    def shard(self, number: int) -> TokenFeatures:
+        """Shard `number` alone (images number * shard_size onwards), memory-mapped: random access to the
+        images of a minibatch reads only the shards they fall in."""
+        start = number * self.shard_size
+        stop = min(start + self.shard_size, self.n_images)
+        feats = self.cache.load(stage_key(self.model_key, self.data_hash, self.split, start, stop, self.stage))
+        if feats is None:
+            model = self.model_key if isinstance(self.model_key, str) else self.model_key.get("name_or_path", "?")
+            raise MissingShard(f"feature store {self.cache.root}: no {self.stage} features of {self.split} "
+                               f"images {start}-{stop} for model {str(model)[:40]}: extract them first")
+        return feats
 
     def footprints(self) -> torch.Tensor:
         """[n, N, 4] float32 footprints of every image (small: the tokens stay on disk)."""

@@ -3,6 +3,12 @@
 One job per run, on the stage the decision reads. Stages of tiles, levels or a mosaic are first
 resampled onto one raster by footprint overlap (`resampled_to` in the row); a stage of placeless
 queries only has nothing to lay out and gives no rows.
+
+The stage is streamed from the store (`StoreSource`), never joined in memory: the probe reads a shard,
+a block of channels or a minibatch at a time (`probes.reconstruction.streamed_reconstruction_probe`).
+A resampled stage is resampled shard by shard into float32 files in a temporary folder (side^2 x C x 4
+bytes per image on disk), which the minibatches then read, memory-mapped. What stays in memory grows
+with the images only by the 64x64 px targets (49 KB an image).
 """
 from __future__ import annotations
 
@@ -25,20 +31,101 @@ def image_batch(data, size: int = OUTPUT_SIZE):
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def reconstruction_results(train_feats, test_feats, train_data, test_data, config) -> list[dict]:
-    """The reconstruction probe's records on one stage (none for a stage of placeless queries only)."""
-    from ..probes.reconstruction import reconstruction_records
+class SourceGrids:
+    """A grid stage's token grids [m, h, w, C] straight from a token source's shards (float16, memory-mapped)."""
 
-    if train_feats.tokens.shape[1] == 0:  # placeless queries only: nothing to lay out as an image
+    def __init__(self, source) -> None:
+        self.source, self.shard_size = source, source.shard_size
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def shards(self):
+        return (feats.grid() for feats in self.source.shards())
+
+    def shard(self, number: int):
+        return self.source.shard(number).grid()
+
+
+class RasterSpill:
+    """A stage of tiles, levels or a mosaic resampled onto a side x side raster shard by shard (exactly as
+    `TokenFeatures.on_raster` on the whole split: each image's weights are its own), written as float32
+    safetensors files under `folder` and read back memory-mapped."""
+
+    def __init__(self, source, side: int, folder, watch=None) -> None:
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+
+        self.shard_size, self.n, self.folder = source.shard_size, len(source), Path(folder)
+        self.folder.mkdir(parents=True)
+        for number, feats in enumerate(source.shards()):
+            raster = feats.on_raster(side).grid()
+            if watch:
+                watch("raster shard", raster)
+            save_file({"grid": raster.contiguous()}, self.folder / f"{number}.safetensors")
+            del raster
+
+    def __len__(self) -> int:
+        return self.n
+
+    def shards(self):
+        return (self.shard(number) for number in range(-(-self.n // self.shard_size)))
+
+    def shard(self, number: int):
+        from safetensors import safe_open
+
+        with safe_open(self.folder / f"{number}.safetensors", framework="pt") as handle:
+            return handle.get_tensor("grid")
+
+
+def finest_side(source) -> int:
+    """`TokenFeatures.finest_side` of the whole split (tiles or levels), a shard at a time."""
+    first = next(iter(source.shards()))
+    if first.grid_shape:
+        return max(first.grid_shape)
+    narrowest = min(float((f.footprints[..., 2] - f.footprints[..., 0]).min()) for f in source.shards())
+    return int(round(1 / narrowest))
+
+
+def reconstruction_results(train_source, test_source, train_data, test_data, config, **probe_options) -> list[dict]:
+    """The reconstruction probe's records on one stage (none for a stage of placeless queries only), its
+    tokens streamed from two token sources (`store.sources`: `shards()` and `shard(number)`), one shard,
+    block of channels or minibatch in memory at a time. `probe_options` go to
+    `probes.reconstruction.streamed_reconstruction_probe` (tests: `watch(what, tensor)` sees every tensor of
+    stage data the probe materializes, and also each resampled shard here)."""
+    import tempfile
+
+    from ..probes.reconstruction import streamed_reconstruction_records
+
+    first = next(iter(train_source.shards()))
+    placed, on_grid = first.tokens.shape[1], first.grid_shape is not None
+    del first  # not held (mapped) through the training
+    if placed == 0:  # placeless queries only: nothing to lay out as an image
         return []
-    extra = {}
-    if train_feats.grid_shape is None:
-        # tiles, levels or a mosaic: resampled onto one raster by footprint overlap (no finer than the output)
-        side = min(train_feats.finest_side(), OUTPUT_SIZE)
-        train_feats, test_feats, extra = train_feats.on_raster(side), test_feats.on_raster(side), {"resampled_to": side}
-    return [{**extra, **record} for record in reconstruction_records(
-        train_feats.grid().float(), image_batch(train_data), test_feats.grid().float(), image_batch(test_data),
-        config.bootstrap, config.seed)]
+    images = image_batch(train_data), image_batch(test_data)
+    if on_grid:
+        return streamed_reconstruction_records(SourceGrids(train_source), images[0], SourceGrids(test_source),
+                                               images[1], config.bootstrap, config.seed, **probe_options)
+    # tiles, levels or a mosaic: resampled onto one raster by footprint overlap (no finer than the output)
+    side = min(finest_side(train_source), OUTPUT_SIZE)
+    # beside the feature store (a disk made for features; /tmp may be memory)
+    scratch = getattr(getattr(train_source, "cache", None), "root", None)
+    with tempfile.TemporaryDirectory(prefix="spatialprobe-raster-", dir=scratch) as folder:
+        train, test = (RasterSpill(source, side, f"{folder}/{split}", probe_options.get("watch"))
+                       for source, split in ((train_source, "train"), (test_source, "test")))
+        records = streamed_reconstruction_records(train, images[0], test, images[1], config.bootstrap, config.seed,
+                                                  **probe_options)
+    return [{"resampled_to": side, **record} for record in records]
+
+
+def stage_source(ctx: PlanContext, run, split: str, stage: str):
+    """One stage of one split in the feature store, read shard by shard."""
+    from ..store.shards import FeatureCache
+    from ..store.sources import StoreSource
+
+    return StoreSource(FeatureCache(ctx.store_root), run.spec.key(), ctx.data.hash, split,
+                       len(ctx.data.split(split)), ctx.config.shard_size, stage)
 
 
 @dataclass(frozen=True)
@@ -48,7 +135,6 @@ class ReconstructionJob:
     ctx: PlanContext
 
     def run(self) -> list[dict]:
-        from ..jobs import stored_stage
         from ..store.results import ResultCache, result_key
 
         ctx, run, config = self.ctx, self.model, self.ctx.config
@@ -57,8 +143,8 @@ class ReconstructionJob:
         store = ResultCache(ctx.results_root)
         rows = store.get(key)
         if rows is None:
-            rows = reconstruction_results(stored_stage(ctx, run.spec.key(), "train", self.stage),
-                                          stored_stage(ctx, run.spec.key(), "test", self.stage),
+            rows = reconstruction_results(stage_source(ctx, run, "train", self.stage),
+                                          stage_source(ctx, run, "test", self.stage),
                                           ctx.data.split("train"), ctx.data.split("test"), config)
             store.put(key, rows)
         base = {"model": run.name, "label": run.label, "family": run.family, "task": "reconstruction_probe",
