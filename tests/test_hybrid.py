@@ -116,3 +116,16 @@ def test_finest_side_of_tiles_and_grids():
     assert tiles.finest_side() == 2 and on_grid(torch.zeros(3, 3, 1)).finest_side() == 3
     with pytest.raises(ValueError, match="without spatial tokens"):
         TokenFeatures(torch.zeros(1, 0, 4), torch.zeros(1, 0, 4)).on_raster(2)
+
+
+def test_composition_from_stored_parts_equals_the_live_one():
+    # averaging onto a coarser grid: a part read live (float32) and the same part as the store keeps it (float16)
+    # give the same bits, so a run that composes from the store reproduces the adapter exactly
+    from spatialprobe.models.hybrid import compose
+    from spatialprobe.store.shards import stored_form
+
+    live = {"a": on_grid(torch.randn(6, 6, 5, generator=torch.Generator().manual_seed(0)) * 3),
+            "b": on_grid(torch.randn(3, 3, 2, generator=torch.Generator().manual_seed(1)))}
+    from_store = compose({name: stored_form(feats) for name, feats in live.items()}, 3)
+    for stage, feats in compose(live, 3).items():
+        assert torch.equal(stored_form(feats).tokens, stored_form(from_store[stage]).tokens), stage

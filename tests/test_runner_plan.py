@@ -101,3 +101,21 @@ def test_ray_executor_gives_the_local_results_and_survives_a_killed_worker(ray_s
     on_ray = runner.run(config, tmp_path / "ray-out")
     assert marker.exists()  # a worker was killed during an extraction, and the run completed
     assert read_rows(on_ray) == read_rows(local)
+
+
+def test_a_pooled_model_stores_and_probes_the_coarser_raster(tmp_path):
+    from spatialprobe.store.shards import FeatureCache
+    from spatialprobe.store.sources import StoreSource
+
+    config = tiny_config(tmp_path / "c", controls={"pixels": False, "shuffled_tokens": False}, probes=["dense"])
+    config["models"][0]["pool"] = 2
+    run_config = parse_config(config)
+    out = runner.run(run_config, tmp_path / "out")
+    info = next(i for i in runner.run_infos(run_config) if i.name == "dino")
+    manifest = json.loads((out / "manifest.json").read_text())
+    source = StoreSource(FeatureCache(tmp_path / "c" / "features"), info.spec.key(), manifest["dataset"]["hash"],
+                         "train", 12, 4, "vision.block.0")
+    shard = next(iter(source.shards()))
+    assert info.spec.pool == 2 and shard.grid_shape == (2, 2)  # 56 px / 14 = 4 x 4 patches, pooled 2 x 2
+    dense = [r for r in read_rows(out) if r["probe"] == "dense" and r["metric"] == "spatial_iou"]
+    assert dense and all(r["value"] <= r["ceiling"] + 1e-9 for r in dense)

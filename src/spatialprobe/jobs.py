@@ -6,6 +6,8 @@ Two kinds:
   the extraction of one data shard (every stage it needs, one forward pass per batch), speed and
   VQA. Jobs that share a model spec key share one loaded model (an executor groups them).
 - task jobs need only stored features and the data (`run()`): a probe or metric on one stage.
+
+Between them, `ComposeJob` makes a hybrid's stages from its parts' stored stages (no model).
 """
 from __future__ import annotations
 
@@ -52,6 +54,8 @@ class RunInfo:
     variant: str  # none | pixels | random_init
     spec: ModelSpec
     stages: tuple[str, ...] | None  # requested patterns; None: every stage
+    #: the hybrid run this is one part of (named "<hybrid>.<part>"): it is extracted, its hybrid is measured
+    part_of: str | None = None
 
 
 def open_spec(spec: ModelSpec, config: RunConfig):
@@ -138,22 +142,41 @@ class ExtractJob:
         stages = backbone.resolve_stages(self.stages)
         run_shard(backbone, self.spec.key(), self.data.split(self.split), self.data.hash,
                   ShardJob(self.split, self.start, self.stop), stages, FeatureCache(self.store_root),
-                  self.config.batch_size)
+                  self.config.batch_size, pool=self.spec.pool)
         return {"seconds": time.perf_counter() - begun, "images": self.stop - self.start}
 
 
-def stored_stage(ctx, model_key: str, split: str, stage: str):
-    """One stage of one split, joined from the store's shards (a one-line error names a missing shard)."""
-    from .store.shards import FeatureCache
-    from .errors import SpatialProbeError
-    from .extract import plan_shards, shard_keys
-    from .features import TokenFeatures
+@dataclass(frozen=True)
+class ComposeJob:
+    """One data shard of a hybrid: its stages composed on the host from its parts' stored stages (no model
+    loaded) and stored under the hybrid's key, with the shard's index."""
+    model_key: str  # the hybrid spec's key
+    parts: tuple[tuple[str, str, str], ...]  # (part name, part spec key, the part's resolved stage), in part order
+    side: int  # the common raster's side
+    data: DataRef
+    store_root: str
+    split: str
+    start: int
+    stop: int
+    stages: tuple[str, ...]  # the hybrid stages to store
 
-    cache, parts = FeatureCache(ctx.store_root), []
-    for shard in plan_shards(split, len(ctx.data.split(split)), ctx.config.shard_size):
-        feats = cache.load(shard_keys(model_key, ctx.data.hash, shard, [stage])[stage])
-        if feats is None:
-            raise SpatialProbeError(f"feature store {ctx.store_root}: no {stage} features of {split} images "
-                                    f"{shard.start}-{shard.stop} for model key {model_key[:12]}")
-        parts.append(feats)
-    return TokenFeatures.concat(parts)
+    def run(self) -> dict:
+        from .models.hybrid import compose, hybrid_stages
+        from .store.shards import FeatureCache, stage_key
+        from .store.sources import MissingShard
+
+        cache, begun = FeatureCache(self.store_root), time.perf_counter()
+        parts = {}
+        for name, key, stage in self.parts:
+            parts[name] = cache.load(stage_key(key, self.data.hash, self.split, self.start, self.stop, stage))
+            if parts[name] is None:
+                raise MissingShard(f"feature store {self.store_root}: no {stage} features of {self.split} images "
+                                   f"{self.start}-{self.stop} for hybrid part {name!r} (model key {key[:12]})")
+        composed = compose(parts, self.side)
+        for stage in self.stages:
+            cache.save(stage_key(self.model_key, self.data.hash, self.split, self.start, self.stop, stage),
+                       composed.pop(stage))
+        cache.write_shard_index(self.model_key, self.data.hash, self.split, self.start, self.stop,
+                                stages=list(self.stages), all_stages=hybrid_stages(parts),
+                                seconds=time.perf_counter() - begun, images=self.stop - self.start)
+        return {"seconds": time.perf_counter() - begun, "images": self.stop - self.start}

@@ -14,6 +14,7 @@ from rich.console import Console
 from . import __version__
 from .models import load_backbone
 from .models.base import Backbone
+from .models.hybrid import common_side, describe_hybrid, hybrid_stages
 from .store.shards import FeatureCache, cache_key, default_cache_dir
 from .config import RunConfig
 from .data import dataset_hash, generate_synthetic_shapes, load_coco
@@ -22,8 +23,8 @@ from .decision import judged_stage
 from .errors import SpatialProbeError
 from .extract import plan_shards, shard_keys
 from .files import write_atomic
-from .jobs import (DataRef, ExtractJob, InfoJob, RunInfo, VerifyJob, open_job_model, run_model_job, run_task_job,
-                   spec_group)
+from .jobs import (ComposeJob, DataRef, ExtractJob, InfoJob, RunInfo, VerifyJob, open_job_model, run_model_job,
+                   run_task_job, spec_group)
 from .progress import JobProgress
 from .store.results import ResultCache, result_key
 from .spec import RANDOM_INIT_SEED_OFFSET, ModelSpec  # noqa: F401 (the control's seed offset)
@@ -205,6 +206,27 @@ def run_infos(config: RunConfig, trust_remote_code: bool = False) -> list[RunInf
     return infos
 
 
+def extraction_members(runs: list[RunInfo]) -> list[RunInfo]:
+    """Who reads each spec from the GPU: a run itself, or each part of a hybrid run at its one stage (named
+    "<hybrid>.<part>"); a hybrid's own stages are composed from its parts' on the host (`compose_jobs`)."""
+    members = []
+    for run in runs:
+        if not run.spec.parts:
+            members.append(run)
+            continue
+        members += [RunInfo(f"{run.name}.{name}", f"{run.label}: part {name}", part.family, run.variant, part,
+                            (stage,), part_of=run.name)
+                    for (name, stage), part in zip(run.spec.part_layout(), run.spec.parts)]
+    return members
+
+
+def by_spec_key(runs: list[RunInfo]) -> dict[str, list[RunInfo]]:
+    groups: dict[str, list[RunInfo]] = {}
+    for info in runs:
+        groups.setdefault(info.spec.key(), []).append(info)
+    return groups
+
+
 def stage_union(members: list[RunInfo]) -> tuple[str, ...] | None:
     """The stages one extraction reads for every run that shares the model: None (all) absorbs the rest."""
     if any(m.stages is None for m in members):
@@ -267,17 +289,21 @@ def info_key(spec: ModelSpec) -> str:
     return result_key(what="model-info", model=spec.key())
 
 
-def model_info_known(state: Run, members: list[RunInfo], spec: ModelSpec) -> None:
+def model_info_known(state: Run, members: list[RunInfo], info: dict) -> None:
     """A model's description and stage list arrived: each run that reads it gets its stages and judged stage
-    (a decision.stage that matches nothing fails here, before any of its extraction)."""
-    info = state.infos[spec.key()]
+    (a decision.stage that matches nothing fails here, before any of its extraction). A hybrid's part gets
+    its stage resolved only: its hybrid run is what the results and the manifest name."""
     for member in members:
         stages = resolve_patterns(member.stages, info["stages"], member.label)
         state.stages[member.name] = stages
+        if member.part_of:
+            continue
         state.judged[member.name] = judged_stage(member.name.removesuffix(" [random init]"), stages,
                                                  state.config.decision)
+        # all_stages: the model's whole stage list, so the report places a subset at its true depth
         state.manifest["models"][member.name] = {**info["describe"], "label": member.label,
-                                                 "control": member.variant, "stages": stages}
+                                                 "control": member.variant, "stages": stages,
+                                                 "all_stages": info["stages"]}
     state.save_manifest()
 
 
@@ -291,11 +317,12 @@ def model_jobs(state: Run, runs: list[RunInfo], tasks: list) -> list:
     shards not yet stored, and the tasks' model jobs. A model whose jobs are all done is not loaded."""
     ctx, config = state.ctx, state.config
     store, results = FeatureCache(ctx.store_root), ResultCache(Path(ctx.results_root))
-    groups: dict[str, list[RunInfo]] = {}
-    for info in runs:
-        groups.setdefault(info.spec.key(), []).append(info)
     jobs = []
-    for key, members in groups.items():
+    for members in by_spec_key([r for r in runs if r.spec.parts]).values():
+        # a hybrid's stages follow from its parts' names: known (and judged) before any extraction
+        model_info_known(state, members, {"describe": {"family": members[0].family},
+                                          "stages": hybrid_stages(name for name, _ in members[0].spec.part_layout())})
+    for key, members in by_spec_key(extraction_members(runs)).items():
         spec = members[0].spec
         known = results.get(info_key(spec))
         stages = stage_union(members)
@@ -303,7 +330,7 @@ def model_jobs(state: Run, runs: list[RunInfo], tasks: list) -> list:
                   for shard in plan_shards(split, len(ctx.data.split(split)), config.shard_size)]
         if known is not None:
             state.infos[key] = known[0]
-            model_info_known(state, members, spec)
+            model_info_known(state, members, known[0])
             needed = resolve_patterns(stages, known[0]["stages"], members[0].label)
             stored = [s for s in shards if shard_stored(store, spec, ctx.data, s, needed)]
             shards = [s for s in shards if s not in stored]
@@ -311,14 +338,16 @@ def model_jobs(state: Run, runs: list[RunInfo], tasks: list) -> list:
                 images = sum(s.stop - s.start for s in stored if s.split == split)
                 if images:
                     extracted(state, members[0].name, split, images, "already stored")
-        extra = [job for member in members for task in tasks for job in task.model_jobs(member, ctx)]
+        extra = [job for member in members if not member.part_of for task in tasks
+                 for job in task.model_jobs(member, ctx)]
         if known is not None and not shards and not extra:
             continue
         verify = config.verify != "off" and any(m.variant == "none" for m in members)
         jobs += [InfoJob(spec, config), *([VerifyJob(spec, config, stages)] if verify else [])]
         jobs += [ExtractJob(spec, config, ctx.data, ctx.store_root, s.split, s.start, s.stop, stages) for s in shards]
         jobs += extra
-    return jobs
+    # a hybrid is loaded whole only for the tasks that time or ask the model itself (speed, vqa)
+    return jobs + [job for run in runs if run.spec.parts for task in tasks for job in task.model_jobs(run, ctx)]
 
 
 def extracted(state: Run, name: str, split: str, images: int, note: str = "") -> None:
@@ -329,16 +358,15 @@ def extracted(state: Run, name: str, split: str, images: int, note: str = "") ->
 
 
 def model_job_done(state: Run, runs: list[RunInfo], job, output) -> None:
-    members = [r for r in runs if r.spec.key() == job.spec.key()]
-    name = members[0].name
+    members = [r for r in extraction_members(runs) if r.spec.key() == job.spec.key()]
     if isinstance(job, InfoJob):
         state.infos[job.spec.key()] = output
         ResultCache(Path(state.ctx.results_root)).put(info_key(job.spec), [output])
-        model_info_known(state, members, job.spec)
+        model_info_known(state, members, output)
     elif isinstance(job, VerifyJob):
         self_check_done(state, [m for m in members if m.variant == "none"], output)
     elif isinstance(job, ExtractJob):
-        extracted(state, name, job.split, job.stop - job.start)
+        extracted(state, members[0].name, job.split, job.stop - job.start)
     else:
         state.add_rows((0, state.places[id(job)]), output)
         kind = type(job).__name__.removesuffix("Job").lower()
@@ -353,7 +381,10 @@ def self_check_done(state: Run, members: list[RunInfo], output: dict) -> None:
 
     report = output["report"]
     for member in members:
-        state.manifest["models"][member.name]["verify"] = report
+        if member.part_of:
+            part_check_done(state, member, report)
+        else:
+            state.manifest["models"][member.name]["verify"] = report
     state.save_manifest()
     names = ", ".join(m.name for m in members)
     state.progress.say(f"{names}: token-mapping self-check {'passed' if report['passed'] else 'FAILED'} "
@@ -362,6 +393,71 @@ def self_check_done(state: Run, members: list[RunInfo], output: dict) -> None:
         state.progress.say(f"warning: {output['message']} (verify: warn, so the run goes on)")
     elif output["message"]:
         raise VerifyFailed(f"{output['message']}; set `verify: warn` to run anyway")
+
+
+def part_check_done(state: Run, part: RunInfo, report: dict) -> None:
+    """A hybrid's self-check is its parts' (the parts are what is loaded): each part's check at its stage, in
+    the hybrid's manifest entry as "<part>: <stage>"."""
+    check = state.manifest["models"][part.part_of].setdefault("verify", {
+        "check": report["check"], "family": "hybrid", "path": "", "passed": True, "stages": {},
+        "versions": report["versions"]})
+    name = part.name.removeprefix(f"{part.part_of}.")
+    for stage in state.stages[part.name]:
+        check["stages"][f"{name}: {stage}"] = report["stages"][stage]
+    check["passed"] = all(c["status"] != "fail" for c in check["stages"].values())
+
+
+def hybrid_parts(state: Run, hybrid: RunInfo) -> tuple[tuple[str, str, str], ...]:
+    """(part name, part spec key, the part's resolved stage) of a hybrid run, in part order."""
+    return tuple((name, part.key(), state.stages[f"{hybrid.name}.{name}"][0])
+                 for (name, _), part in zip(hybrid.spec.part_layout(), hybrid.spec.parts))
+
+
+def hybrid_side(state: Run, spec: ModelSpec, parts: tuple[tuple[str, str, str], ...]) -> int:
+    """The hybrid's common grid: configured, else the finest raster among its parts' stored stages (their
+    first training shard's footprints: every shard of a part has the same layout)."""
+    ctx = state.ctx
+    if dict(spec.options).get("grid"):
+        return int(dict(spec.options)["grid"])
+    store, first = FeatureCache(ctx.store_root), plan_shards("train", len(ctx.data.split("train")), state.config.shard_size)[0]
+    feats = []
+    for name, key, stage in parts:
+        feats.append(store.load(shard_keys(key, ctx.data.hash, first, [stage])[stage]))
+        if feats[-1] is None:
+            raise SpatialProbeError(f"feature store {ctx.store_root}: no {stage} features of hybrid part {name!r} "
+                                    f"(model key {key[:12]}): its extraction did not finish")
+    return common_side(feats)
+
+
+def compose_jobs(state: Run, runs: list[RunInfo]) -> list[ComposeJob]:
+    """After the parts' extraction: each hybrid's description from its parts' (the manifest's), and a job per
+    shard whose hybrid stages are not stored yet, composing them from the parts' stored stages."""
+    ctx, store, jobs = state.ctx, FeatureCache(state.ctx.store_root), []
+    for key, members in by_spec_key([r for r in runs if r.spec.parts]).items():
+        spec = members[0].spec
+        parts = hybrid_parts(state, members[0])
+        side = hybrid_side(state, spec, parts)
+        describe = describe_hybrid(spec.path, spec.dtype, {"revision": spec.revision, "quantization": spec.quantization},
+                                   side, {name: (state.infos[part_key]["describe"], stage)
+                                          for name, part_key, stage in parts})
+        for member in members:
+            state.manifest["models"][member.name].update(describe)
+        wanted = {stage for member in members for stage in state.stages[member.name]}
+        stages = tuple(s for s in hybrid_stages(name for name, _, _ in parts) if s in wanted)
+        for split in ("train", "test"):
+            for shard in plan_shards(split, len(ctx.data.split(split)), state.config.shard_size):
+                if not shard_stored(store, spec, ctx.data, shard, list(stages)):
+                    jobs.append(ComposeJob(key, parts, side, ctx.data, ctx.store_root, split, shard.start, shard.stop,
+                                           stages))
+    state.save_manifest()
+    return jobs
+
+
+def composed(state: Run, runs: list[RunInfo], jobs: list[ComposeJob], job: ComposeJob) -> None:
+    """Progress of a hybrid's composition, in shards."""
+    name = next(r.name for r in runs if r.spec.parts and r.spec.key() == job.model_key)
+    state.images_done[f"{name}: compose"] = state.images_done.get(f"{name}: compose", 0) + 1
+    state.tick(f"{name}: compose", sum(j.model_key == job.model_key for j in jobs), state.images_done[f"{name}: compose"])
 
 
 def feature_jobs(state: Run, runs: list[RunInfo], tasks: list) -> list:
@@ -405,6 +501,8 @@ def run(config: RunConfig, out: Path, console: Console | None = None, trust_remo
             progress.say(f"{len(jobs)} model jobs ({sum(isinstance(j, ExtractJob) for j in jobs)} extraction shards)")
             runner.extract(jobs, spec_group, open_job_model, run_model_job,
                            lambda job, output: model_job_done(state, runs, job, output))
+            composing = compose_jobs(state, runs)
+            runner.map(run_task_job, composing, lambda job, output: composed(state, runs, composing, job))
             jobs = feature_jobs(state, runs, tasks)
             per_run = {info.name: sum(j.model.name == info.name for j in jobs) for info in runs}
             finished = {info.name: 0 for info in runs}
