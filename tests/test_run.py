@@ -288,10 +288,11 @@ def test_models_command_lists_every_family():
 
 
 def test_random_init_control_has_other_weights(tmp_path):
-    from spatialprobe.runner import ModelRun, open_backbone
+    from spatialprobe.jobs import open_spec
+    from spatialprobe.runner import run_infos
 
     config = parse_config(mini_config(tmp_path / "c"))
-    real = open_backbone(ModelRun("d", "dinov2", "tiny", None, None, {"resolution": 112}, "none"), config)
-    control = open_backbone(ModelRun("d [random init]", "dinov2", "tiny", None, None, {"resolution": 112}, "random_init"), config)
-    assert real.weights_fingerprint() != control.weights_fingerprint()
+    runs = {info.name: info for info in run_infos(config)}
+    real, control = runs["dino-tiny"], runs["dino-tiny [random init]"]
+    assert open_spec(real.spec, config).weights_fingerprint() != open_spec(control.spec, config).weights_fingerprint()
     assert control.label.endswith("[random init]")

@@ -12,8 +12,6 @@ import torch
 from rich.console import Console
 
 from . import __version__
-from .models import load_backbone
-from .models.base import Backbone
 from .models.hybrid import common_side, describe_hybrid, hybrid_stages
 from .store.shards import FeatureCache, cache_key, default_cache_dir
 from .config import RunConfig
@@ -26,8 +24,9 @@ from .files import write_atomic
 from .jobs import (ComposeJob, DataRef, ExtractJob, InfoJob, RunInfo, VerifyJob, open_job_model, run_model_job,
                    run_task_job, spec_group)
 from .progress import JobProgress
+from .stages import resolve_stages
 from .store.results import ResultCache, result_key
-from .spec import RANDOM_INIT_SEED_OFFSET, ModelSpec  # noqa: F401 (the control's seed offset)
+from .spec import ModelSpec
 from .tasks import PlanContext
 from .tasks.spatial_probe import MASK_SIZE, probe_key, probe_split, resize_mask  # noqa: F401 (public names)
 
@@ -90,21 +89,6 @@ def resolve_path(path: str, family: str, config: RunConfig) -> str:
 
         return str(ensure_tiny(family, work_dir(config) / "tiny" / family))
     return path
-
-
-def open_backbone(run: ModelRun, config: RunConfig) -> Backbone:
-    options = {**run.load, **run.options}
-    if run.parts:
-        options["parts"] = [{**part, "path": resolve_path(part["path"], part["family"], config)} for part in run.parts]
-    path = run.path if run.parts else resolve_path(run.path, run.family, config)
-    backbone = load_backbone(run.family, path or run.name, device=config.device, dtype=config.dtype, **options)
-    if run.control == "random_init":
-        # offset so the control never coincides with a checkpoint made by `save_tiny(seed=config.seed)`
-        backbone.randomize_weights(seed=config.seed + RANDOM_INIT_SEED_OFFSET)
-    backbone.label = model_label(run)
-    if run.control == "random_init":
-        backbone.label = f"{backbone.label} [random init]"
-    return backbone
 
 
 def model_label(run: ModelRun) -> str:
@@ -234,21 +218,6 @@ def stage_union(members: list[RunInfo]) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(s for m in members for s in m.stages))
 
 
-def resolve_patterns(patterns, known: list[str], name: str) -> list[str]:
-    from .stages import match_stages
-
-    if patterns is None:
-        return list(known)
-    resolved = []
-    for pattern in patterns:
-        names = match_stages(pattern, known)
-        if not names:
-            raise SpatialProbeError(f"model {name!r} has no stage {pattern!r}; it has {known[0]} ... {known[-1]} "
-                                    "(see `spatialprobe models`)")
-        resolved.extend(names)
-    return sorted(set(resolved), key=known.index)
-
-
 @dataclass
 class Run:
     """The state of one run in the driver: what every job reports back to."""
@@ -294,7 +263,7 @@ def model_info_known(state: Run, members: list[RunInfo], info: dict) -> None:
     (a decision.stage that matches nothing fails here, before any of its extraction). A hybrid's part gets
     its stage resolved only: its hybrid run is what the results and the manifest name."""
     for member in members:
-        stages = resolve_patterns(member.stages, info["stages"], member.label)
+        stages = resolve_stages(member.stages, info["stages"], member.label)
         state.stages[member.name] = stages
         if member.part_of:
             continue
@@ -331,7 +300,7 @@ def model_jobs(state: Run, runs: list[RunInfo], tasks: list) -> list:
         if known is not None:
             state.infos[key] = known[0]
             model_info_known(state, members, known[0])
-            needed = resolve_patterns(stages, known[0]["stages"], members[0].label)
+            needed = resolve_stages(stages, known[0]["stages"], members[0].label)
             stored = [s for s in shards if shard_stored(store, spec, ctx.data, s, needed)]
             shards = [s for s in shards if s not in stored]
             for split in ("train", "test"):

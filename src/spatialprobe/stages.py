@@ -46,3 +46,21 @@ def stage_syntax_error(stage: str) -> str | None:
     if stage.lstrip("-").isdigit():
         return f"stage {stage!r} is an index without a stage family (write e.g. vision.block.{stage})"
     return None
+
+
+def resolve_stages(patterns, known: list[str], name: str) -> list[str]:
+    """Requested stage names in model order: `None` means all; negative block indices count from the end;
+    patterns (`vision.*`) select every matching stage. A pattern that matches nothing is one line naming
+    the model (`name`) and its stage range."""
+    from .errors import SpatialProbeError
+
+    if patterns is None:
+        return list(known)
+    resolved = []
+    for pattern in patterns:
+        names = match_stages(pattern, known)
+        if not names:
+            raise SpatialProbeError(f"model {name!r} has no stage {pattern!r}; it has {known[0]} ... {known[-1]} "
+                                    "(see `spatialprobe models`)")
+        resolved.extend(names)
+    return sorted(set(resolved), key=known.index)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..errors import SpatialProbeError
 from ..features import TokenFeatures
-from ..stages import match_stages
+from ..stages import resolve_stages
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -245,19 +245,7 @@ class Backbone:
     def resolve_stages(self, stages: Iterable[str] | None) -> list[str]:
         """Requested stage names in model order; `None` means all; negative block indices count from the end;
         patterns (`vision.*`) select every matching stage."""
-        if stages is None:
-            return list(self.stages)
-        known = self.stages
-        resolved = []
-        for stage in stages:
-            names = match_stages(stage, known)
-            if not names:
-                raise SpatialProbeError(
-                    f"model {self.label!r} has no stage {stage!r}; it has {known[0]} ... {known[-1]} "
-                    f"(see `spatialprobe models`)"
-                )
-            resolved.extend(names)
-        return sorted(set(resolved), key=known.index)
+        return resolve_stages(stages, self.stages, self.label)
 
     def check_modalities(self, samples: Sequence[Sample]) -> None:
         """A clip given to a family that reads still images only: one line, before any compute."""

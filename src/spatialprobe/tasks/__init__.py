@@ -68,6 +68,15 @@ class Task(Protocol):
     def section(self, manifest: dict, results: list[dict]) -> str: ...
 
 
+def stage_source(ctx: PlanContext, run, split: str, stage: str):
+    """One stage of one split of a run's model in the feature store, read shard by shard."""
+    from ..store.shards import FeatureCache
+    from ..store.sources import StoreSource
+
+    return StoreSource(FeatureCache(ctx.store_root), run.spec.key(), ctx.data.hash, split,
+                       len(ctx.data.split(split)), ctx.config.shard_size, stage)
+
+
 def get_task(name: str) -> Task:
     """The task object of a registered task (its module's `TASK`)."""
     return importlib.import_module(TASKS[name].module).TASK

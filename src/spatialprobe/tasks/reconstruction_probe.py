@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..report.parts import results_table
-from . import NoJobs, PlanContext
+from . import NoJobs, PlanContext, stage_source
 
 OUTPUT_SIZE = 64  # as probes.reconstruction.OUTPUT_SIZE (kept here so the report needs no torch)
 
@@ -117,15 +117,6 @@ def reconstruction_results(train_source, test_source, train_data, test_data, con
         records = streamed_reconstruction_records(train, images[0], test, images[1], config.bootstrap, config.seed,
                                                   **probe_options)
     return [{"resampled_to": side, **record} for record in records]
-
-
-def stage_source(ctx: PlanContext, run, split: str, stage: str):
-    """One stage of one split in the feature store, read shard by shard."""
-    from ..store.shards import FeatureCache
-    from ..store.sources import StoreSource
-
-    return StoreSource(FeatureCache(ctx.store_root), run.spec.key(), ctx.data.hash, split,
-                       len(ctx.data.split(split)), ctx.config.shard_size, stage)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..report.parts import axis_ticks, figure_png, stage_order, stage_positions
-from . import NoJobs, PlanContext
+from . import NoJobs, PlanContext, stage_source
 
 MASK_SIZE = 112  # target masks are compared at this resolution (enough for 224-px images, cheap)
 SHUFFLED_SUFFIX = " [shuffled tokens]"
@@ -56,15 +56,11 @@ def probe_split(data, feats, mask_size: int = MASK_SIZE):
 def stored_split(ctx: PlanContext, run, split: str, stage: str):
     """A split's targets in memory and its tokens streamed from the store, shard by shard: the probes hold
     one shard and their accumulators, never the whole stage."""
-    from ..store.shards import FeatureCache
     from ..probes import ProbeSplit
     from ..probes.footprints import mask_boxes
-    from ..store.sources import StoreSource
 
-    data = ctx.data.split(split)
-    source = StoreSource(FeatureCache(ctx.store_root), run.spec.key(), ctx.data.hash, split, len(data),
-                         ctx.config.shard_size, stage)
-    masks = target_masks(data)
+    source = stage_source(ctx, run, split, stage)
+    masks = target_masks(ctx.data.split(split))
     # placeless_mean None: the pooled probe reads the extras from the shards only for a stage without places
     return ProbeSplit(source, source.footprints(), mask_boxes(masks), masks, None)
 
