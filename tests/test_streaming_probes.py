@@ -182,3 +182,49 @@ def test_bootstrap_refits_are_refused_above_the_dense_exact_limit(dense_case, mo
     with pytest.raises(SpatialProbeError, match="probe_resamples"):
         run_spatial_probes(streamed(train), streamed(test), probes=("dense",), resamples=2)
     assert run_spatial_probes(streamed(train), streamed(test), probes=("linear",), n_boot=10, resamples=2)
+
+
+def random_dense_split(images, tokens, channels, seed, offset=0.0):
+    """Rectangles with tokens = coverage-bearing noise, plus a large common offset (as in LLM activations)."""
+    split = with_noisy_coverage(rectangles(images, seed), seed + 10, channels=channels - 1)
+    return ProbeSplit(split.tokens + offset, split.footprints, split.boxes, split.masks)
+
+
+# the direct N x N solve (tokens <= channels + 1) and the low-rank one (more tokens than channels)
+@pytest.mark.parametrize("channels,offset", [(40, 0.0), (5, 30.0)])
+def test_exact_dense_fit_from_shards_equals_the_fit_on_joined_tokens(channels, offset):
+    from spatialprobe.probes.dense import fit_coverage, painted_predictions
+    from spatialprobe.probes.dense_exact import fit_exact_streaming
+
+    train, test = random_dense_split(30, 16, channels, 3, offset), random_dense_split(12, 16, channels, 4, offset)
+    fit, want_loio = fit_coverage(train)
+    loio, train_full, test_full, alpha = fit_exact_streaming(streamed(train, 7), streamed(test, 5))
+    assert alpha == pytest.approx(fit.alpha, rel=1e-9)
+    assert (loio - want_loio).abs().max() < 1e-6
+    assert (train_full - painted_predictions(fit, train)).abs().max() < 1e-6
+    assert (test_full - painted_predictions(fit, test)).abs().max() < 1e-6
+
+
+def test_dense_records_streamed_exact_equal_the_joined_fit(dense_case, monkeypatch):
+    from spatialprobe.probes import dense as dense_module
+    from spatialprobe.probes.dense import dense_probe
+
+    train, test, got = dense_case
+    # the reference: the same probe forced through the fit on joined tokens
+    monkeypatch.setattr(dense_module, "dense_probe_exact_streaming", dense_probe)
+    want = by_key(run_spatial_probes(train, test, probes=("dense",), n_boot=200))
+    for key, row in want.items():
+        assert got[key]["value"] == pytest.approx(row["value"], abs=1e-9)
+        assert (got[key]["ci_low"], got[key]["ci_high"]) == pytest.approx((row["ci_low"], row["ci_high"]), abs=1e-9)
+
+
+def test_a_singular_leave_one_image_out_system_gives_a_clamped_residual_not_a_crash():
+    from spatialprobe.probes.ridge import guarded_solve
+
+    systems = torch.stack([torch.diag(torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)),
+                           2 * torch.eye(3, dtype=torch.float64)])
+    rhs = torch.ones(2, 3, 1, dtype=torch.float64)
+    got = guarded_solve(systems, rhs)
+    assert torch.isfinite(got).all()
+    assert got[0, :, 0].tolist() == pytest.approx([1e12, 1.0, 1.0])
+    assert got[1, :, 0].tolist() == pytest.approx([0.5, 0.5, 0.5])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from functools import cached_property
+from functools import cache, cached_property
 from statistics import NormalDist
 from typing import Callable
 
@@ -163,13 +163,24 @@ def fitter(probe: str, train: ProbeSplit, test: ProbeSplit) -> Callable[[torch.T
 def dense_fitter(train: ProbeSplit, test: ProbeSplit) -> Callable[[torch.Tensor | None], Prediction]:
     """The dense probe: its exact LOIO fit in memory where the training split fits `dense_stream.EXACT_NUMBERS`,
     else the K-fold fit from shards (no bootstrap refits). Rows say which fit (`fit`) and score (`score`)."""
-    from .dense import dense_probe, dense_probe_streaming
+    from .dense import dense_probe, dense_probe_exact_streaming, dense_probe_streaming
     from .dense_stream import FIT_NAME
 
     if dense_fits_exact(train):
-        train, test = train.in_memory(), test.in_memory()
-        return lambda rows: dense_prediction(dense_probe(train if rows is None else images_of(train, rows), test),
-                                             "exact-loio")
+        tokens, channels = train.token_shape
+        streamed_exact = len(train.boxes) * tokens > channels  # the solver's primal form
+
+        def exact(rows):
+            if rows is None and streamed_exact:
+                return dense_prediction(dense_probe_exact_streaming(train, test), "exact-loio")
+            # bootstrap refits (opt-in) and the dual form (fewer token rows than channels) join the tokens
+            joined_train, joined_test = joined()
+            return dense_prediction(dense_probe(joined_train if rows is None else images_of(joined_train, rows),
+                                                joined_test), "exact-loio")
+        @cache
+        def joined() -> tuple[ProbeSplit, ProbeSplit]:
+            return train.in_memory(), test.in_memory()
+        return exact
 
     def streamed(rows):
         if rows is not None:

@@ -108,6 +108,15 @@ def dense_probe_streaming(train, test) -> tuple[torch.Tensor, torch.Tensor, torc
     return masks_and_scores(held_out, train_painted, test_painted, train)
 
 
+def dense_probe_exact_streaming(train, test) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """`dense_probe`, the same exact LOIO fit, reading the tokens shard by shard (`dense_exact`): for splits
+    with more token rows than channels (the solver's primal form), so memory does not grow with n."""
+    from .dense_exact import fit_exact_streaming
+
+    loio, train_painted, test_painted, _ = fit_exact_streaming(train, test)
+    return masks_and_scores(loio, train_painted, test_painted, train)
+
+
 def masks_and_scores(held_out: torch.Tensor, train_painted: torch.Tensor, test_painted: torch.Tensor,
                      train) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """Test masks, boxes, scores and the score's kind from painted coverage: held out (LOIO or out-of-fold)

@@ -102,31 +102,12 @@ class RidgeSolver:
                    groups: torch.Tensor | None = None) -> torch.Tensor:
         """Leave-one-group-out residuals [len(groups) * group_size, k] of these groups (default: all)."""
         shrink = self._shrink(alpha)
-        groups = torch.arange(self.n // group_size) if groups is None else groups
-        # H_GG = U C U^T with U = [P_G, 1/sqrt(n)] (the intercept's 1/n as one more column) and C = diag(shrink, 1)
-        u = torch.cat([self.p, torch.full((self.n, 1), self.n ** -0.5, dtype=torch.float64)], 1)
-        u = u.reshape(-1, group_size, u.shape[1])
-        c = torch.cat([shrink, torch.ones(1, dtype=torch.float64)])
         fitted = self.p @ (shrink[:, None] * (self.p.T @ yc))
         errors = (yc - fitted).reshape(-1, group_size, yc.shape[1])
-        per_chunk = max(1, BLOCK_BUDGET // (group_size * max(group_size, u.shape[2])))
-        solve = self._low_rank_solve if u.shape[2] < group_size else self._direct_solve
-        residuals = [solve(u[chunk], c, errors[chunk]) for chunk in groups.split(per_chunk)]
-        return torch.cat(residuals).reshape(-1, yc.shape[1])
-
-    @staticmethod
-    def _direct_solve(u: torch.Tensor, c: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
-        """(I - U C U^T)^-1 e with one N x N solve per group (N = tokens per image)."""
-        eye = torch.eye(u.shape[1], dtype=torch.float64)
-        return torch.linalg.solve(eye - (u * c) @ u.transpose(1, 2), errors)
-
-    @staticmethod
-    def _low_rank_solve(u: torch.Tensor, c: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
-        """The same through Woodbury, (I - U C U^T)^-1 = I + U (I - C U^T U)^-1 C U^T: an r x r solve per group
-        (r = rank + 1), which for images of thousands of tokens and a few hundred channels is far cheaper."""
-        ut = u.transpose(1, 2)
-        inner = torch.eye(u.shape[2], dtype=torch.float64) - c[:, None] * (ut @ u)
-        return errors + u @ torch.linalg.solve(inner, c[:, None] * (ut @ errors))
+        p = self.p.reshape(-1, group_size, self.p.shape[1])
+        if groups is not None:  # a sample of the groups (alpha selection): copies of their rows only
+            errors, p = errors[groups], p[groups]
+        return group_residuals(p, shrink, errors, self.n).reshape(-1, yc.shape[1])
 
     def _choose_alpha(self, yc: torch.Tensor, group_size: int) -> float:
         if group_size == 1:
@@ -170,6 +151,55 @@ class RidgeSolver:
             return RidgeFit(None, y_mean, best, y - residuals, weights, self.scale)
         coef = self.centered_t @ weights / self.scale
         return RidgeFit(coef, y_mean - self.mean @ coef, best, y - residuals, weights, self.scale)
+
+
+def group_residuals(p: torch.Tensor, shrink: torch.Tensor, errors: torch.Tensor, rows: int) -> torch.Tensor:
+    """(I - H_GG)^-1 e_G for groups with eigenbasis rows P_G [G, N, r] and fitted-value errors e_G [G, N, k],
+    from a fit on `rows` rows with an unpenalized intercept: H_GG = U C U^T, U = [P_G, 1/sqrt(rows)] (the
+    intercept's 1/rows as one more column), C = diag(shrink, 1). In chunks of about BLOCK_BUDGET numbers."""
+    ones = torch.full((*p.shape[:2], 1), rows ** -0.5, dtype=torch.float64)
+    c = torch.cat([shrink, torch.ones(1, dtype=torch.float64)])
+    group_size, width = p.shape[1], p.shape[2] + 1
+    per_chunk = max(1, BLOCK_BUDGET // (group_size * max(group_size, width)))
+    solve = low_rank_solve if width < group_size else direct_solve
+    out = []
+    for start in range(0, len(p), per_chunk):
+        u = torch.cat([p[start:start + per_chunk], ones[start:start + per_chunk]], 2)
+        out.append(solve(u, c, errors[start:start + per_chunk]))
+    return torch.cat(out)
+
+
+def direct_solve(u: torch.Tensor, c: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
+    """(I - U C U^T)^-1 e with one N x N solve per group (N = tokens per image)."""
+    eye = torch.eye(u.shape[1], dtype=torch.float64)
+    return guarded_solve(eye - (u * c) @ u.transpose(1, 2), errors)
+
+
+def low_rank_solve(u: torch.Tensor, c: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
+    """The same through Woodbury, (I - U C U^T)^-1 = I + U (I - C U^T U)^-1 C U^T: an r x r solve per group
+    (r = rank + 1), which for images of thousands of tokens and a few hundred channels is far cheaper.
+    A group whose small system is singular is solved directly (`direct_solve`)."""
+    ut = u.transpose(1, 2)
+    inner = torch.eye(u.shape[2], dtype=torch.float64) - c[:, None] * (ut @ u)
+    solved = torch.linalg.solve_ex(inner, c[:, None] * (ut @ errors))
+    out = errors + u @ solved.result
+    singular = (solved.info != 0).nonzero().flatten()
+    if len(singular):
+        out[singular] = direct_solve(u[singular], c, errors[singular])
+    return out
+
+
+def guarded_solve(systems: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve systems I - H_GG [G, N, N] (symmetric, eigenvalues in (0, 1] in exact arithmetic). Where one is
+    singular in floating point (a group the fit reproduces exactly: some 1 - h = 0) it is solved through its
+    eigendecomposition with 1 - h clamped at 1e-12, as single-row LOO clamps 1 - h_ii: a huge residual for
+    that group, never a crash or a NaN."""
+    solved = torch.linalg.solve_ex(systems, rhs)
+    out = solved.result
+    for i in (solved.info != 0).nonzero().flatten().tolist():
+        evals, evecs = torch.linalg.eigh((systems[i] + systems[i].T) / 2)
+        out[i] = evecs @ ((evecs.T @ rhs[i]) / evals.clamp(min=1e-12)[:, None])
+    return out
 
 
 def fit_ridge(x: torch.Tensor, y: torch.Tensor, alpha: float | None = None, group_size: int = 1) -> RidgeFit:
