@@ -178,12 +178,15 @@ class FakeBackbone:
         return {"family": "fake", "name_or_path": "fake"}
 
     def extract(self, images, stages=None, batch_size=8, host_dtype=None):
+        batches = list(self.extract_batches(images, stages, batch_size, host_dtype=host_dtype))
+        return {stage: TokenFeatures.concat([b[stage] for b in batches]) for stage in stages}
+
+    def extract_batches(self, images, stages=None, batch_size=8, host_dtype=None):
         self.extracted.append(list(images))
-        out = {}
-        for number, stage in enumerate(stages):
-            parts = [clip_feats(batch=1, seed=100 * number + image) for image in images]
-            out[stage] = TokenFeatures.concat(parts).to_host(host_dtype)
-        return out
+        for start in range(0, len(images), batch_size):
+            yield {stage: TokenFeatures.concat([clip_feats(batch=1, seed=100 * number + image)
+                                                for image in images[start:start + batch_size]]).to_host(host_dtype)
+                   for number, stage in enumerate(stages)}
 
 
 class FakeData:
@@ -204,15 +207,39 @@ def test_run_shard_never_reads_back_what_it_saved(tmp_path, monkeypatch):
     loads = []
     real_load = FeatureCache.load
     monkeypatch.setattr(FeatureCache, "load", lambda self, key: loads.append(key) or real_load(self, key))
-    fresh = extract.run_shard(backbone, "model-key", FakeData(5), "hash", job, STAGES, cache, 2)
+    extract.run_shard(backbone, "model-key", FakeData(5), "hash", job, STAGES, cache, 2)
     assert loads == [] and len(backbone.extracted) == 1
-    resumed = extract.run_shard(backbone, "model-key", FakeData(5), "hash", job, STAGES, cache, 2)
+    extract.run_shard(backbone, "model-key", FakeData(5), "hash", job, STAGES, cache, 2)
     assert len(backbone.extracted) == 1  # every stage came from the store
+    emitted = FakeBackbone().extract([0, 1, 2], STAGES, host_dtype=torch.float16)
+    stored = extract.stored_shard(cache, extract.shard_keys("model-key", "hash", job, STAGES))
     for stage in STAGES:
-        assert fresh[stage].tokens.dtype == torch.float16
+        assert stored[stage].tokens.dtype == torch.float16
         for name in ("tokens", "footprints", "times"):
-            a, b = getattr(fresh[stage], name), getattr(resumed[stage], name)
-            assert a.dtype == b.dtype and torch.equal(a, b)  # bit for bit: a resumed run sees the fresh run's values
+            a, b = getattr(emitted[stage], name), getattr(stored[stage], name)
+            assert a.dtype == b.dtype and torch.equal(a, b)  # bit for bit: the store keeps what the model gave
+
+
+def test_a_shard_spilled_batch_by_batch_stores_the_same_bits(tmp_path, monkeypatch):
+    from spatialprobe.store import spool as spool_module
+
+    job = extract.ShardJob("train", 0, 5)
+    held = []
+    real_add = spool_module.StageSpool.add
+    monkeypatch.setattr(spool_module.StageSpool, "add",
+                        lambda self, batch: real_add(self, batch) or held.append(self.bytes_held))
+    kept, spilled = FeatureCache(tmp_path / "kept"), FeatureCache(tmp_path / "spilled")
+    extract.run_shard(FakeBackbone(), "k", FakeData(5), "hash", job, STAGES, kept, 2)
+    assert held[-1] > 0  # small shards stay in memory
+    held.clear()
+    extract.run_shard(FakeBackbone(), "k", FakeData(5), "hash", job, STAGES, spilled, 2, spill_bytes=0)
+    assert held == [0, 0, 0]  # every batch went to disk as it came
+    assert list((tmp_path / "spilled" / ".spool").iterdir()) == []  # and the spool is gone
+    for key in extract.shard_keys("k", "hash", job, STAGES).values():
+        a, b = kept.load(key), spilled.load(key)
+        for name in ("tokens", "footprints", "times"):
+            assert torch.equal(getattr(a, name), getattr(b, name))
+        assert a.extra.keys() == b.extra.keys() and all(torch.equal(a.extra[k], b.extra[k]) for k in a.extra)
 
 
 def test_a_partly_stored_shard_is_extracted_again(tmp_path):

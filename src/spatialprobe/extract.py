@@ -1,7 +1,8 @@
 """Extraction jobs: one (model, dataset split, shard of images) is one independent, storable job.
 
-A job runs one forward pass per batch for all requested stages, stores each stage of the shard in the
-feature store and then the shard's index (stages stored, seconds taken). A killed run loses at most
+A job runs one forward pass per batch for all requested stages, gathers the batches (on disk past a
+memory budget: `store.spool`), stores each stage of the shard in the feature store and then the shard's
+index (stages stored, seconds taken). A killed run loses at most
 the shard it was working on.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from .store.shards import FeatureCache, ModelKey, stage_key
+from .store.spool import SPILL_BYTES, StageSpool
 from .features import TokenFeatures
 
 if TYPE_CHECKING:
@@ -43,24 +45,26 @@ def stored_shard(cache: FeatureCache, keys: dict[str, str]) -> dict[str, TokenFe
 
 
 def run_shard(backbone: "Backbone", model_key: ModelKey, data, dataset_hash: str, job: ShardJob,
-              stages: list[str], cache: FeatureCache, batch_size: int, pool: int = 1) -> dict[str, TokenFeatures]:
-    """Features of one shard for every stage, on the host as stored (float16 tokens): from the store when
-    every stage is there, else extracted, stored and indexed. Fresh and stored values are the same bits.
-    `pool` > 1 stores raster stages averaged over pool x pool tokens (`TokenFeatures.pool_grid`); the
-    model key must say so (`ModelSpec.pool` is part of its key)."""
+              stages: list[str], cache: FeatureCache, batch_size: int, pool: int = 1,
+              spill_bytes: int = SPILL_BYTES) -> None:
+    """Every stage of one shard into the store (extracted, stored and indexed), unless all are stored already.
+
+    Batches are gathered in a `StageSpool`: past `spill_bytes` of features they wait on disk, so host memory
+    holds one stage of the shard at a time, not every stage. `pool` > 1 stores raster stages averaged over
+    pool x pool tokens (`TokenFeatures.pool_grid`); the model key must say so (`ModelSpec.pool` is in it)."""
     keys = shard_keys(model_key, dataset_hash, job, stages)
-    cached = stored_shard(cache, keys)
-    if cached is not None:
-        return cached
+    if stored_shard(cache, keys) is not None:
+        return
     images = [data.load_image(i) for i in range(job.start, job.stop)]
-    begun = time.perf_counter()
-    feats = backbone.extract(images, stages=stages, batch_size=batch_size, host_dtype=torch.float16)
-    seconds = time.perf_counter() - begun
-    # save returns the values exactly as stored: no reading back
-    stored = {stage: cache.save(key, feats.pop(stage).pool_grid(pool)) for stage, key in keys.items()}
+    with StageSpool(cache.root, spill_bytes) as spool:
+        begun = time.perf_counter()
+        for batch in backbone.extract_batches(images, stages=stages, batch_size=batch_size, host_dtype=torch.float16):
+            spool.add(batch)
+        seconds = time.perf_counter() - begun
+        for stage, key in keys.items():
+            cache.save(key, spool.pop(stage).pool_grid(pool))
     cache.write_shard_index(model_key, dataset_hash, job.split, job.start, job.stop, stages=list(stages),
                             all_stages=list(backbone.stages), seconds=seconds, images=job.stop - job.start)
-    return stored
 
 
 def extract_split_to_store(backbone: "Backbone", data, dataset_hash: str, stages: list[str], cache: FeatureCache,
@@ -84,7 +88,8 @@ def extract_split(backbone: "Backbone", data, dataset_hash: str, stages: list[st
     key = backbone.describe() if model_key is None else model_key
     parts: dict[str, list[TokenFeatures]] = {s: [] for s in stages}
     for job in plan_shards(data.split, len(data), shard_size):
-        got = run_shard(backbone, key, data, dataset_hash, job, stages, cache, batch_size)
+        run_shard(backbone, key, data, dataset_hash, job, stages, cache, batch_size)
+        got = stored_shard(cache, shard_keys(key, dataset_hash, job, stages))
         for stage in stages:
             parts[stage].append(got[stage])
         if on_shard:

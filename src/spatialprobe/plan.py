@@ -17,6 +17,7 @@ from typing import Callable
 
 from .config import RunConfig
 from .extract import plan_shards
+from .store.spool import SPILL_BYTES
 
 BYTES_PER_WEIGHT = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0, "4bit": 0.5, "8bit": 1.0}
 #: weights are most of inference memory for one image batch; activations and buffers add a margin
@@ -379,7 +380,20 @@ def model_summary(key: str, group: dict, config: RunConfig, measured: list[float
             "seconds_per_image": per_image, "seconds_source": "measured (shard index)" if measured else
             f"assumed ({costs[0].source}, A100 {config.dtype} at {SUSTAINED_FLOPS[config.dtype] / 1e12:.0f} TFLOP/s)",
             "gpu_hours": todo * per_image / 3600, "bytes_per_image": stored,
-            "shard_bytes": stored * config.shard_size, "disk_bytes": stored * todo}
+            "shard_bytes": stored * config.shard_size, "disk_bytes": stored * todo,
+            "extraction_ram_bytes": extraction_ram(stored, largest_stage_bytes(shapes, spec.pool), config)}
+
+
+def largest_stage_bytes(shapes: list[StageShape], pool: int) -> int:
+    return stage_bytes([max(shapes, key=lambda s: s.tokens * s.channels)], pool) if shapes else 0
+
+
+def extraction_ram(per_image: int, largest_stage_per_image: int, config: RunConfig) -> int:
+    """Host bytes of one extraction job (`store.spool`): the batches held until the spill budget, plus the
+    batch that crosses it, plus one stage of the shard joined for the store; all of it while the shard is small."""
+    shard = per_image * config.shard_size
+    held = min(shard, SPILL_BYTES + per_image * config.batch_size)
+    return min(shard, held + largest_stage_per_image * config.shard_size)
 
 
 def run_stages(run) -> list[StageShape]:
@@ -487,11 +501,11 @@ def estimate(config: RunConfig, runs, models: list[dict], fit_flops: float) -> d
     n_train = next(iter(split_sizes(config).values()))  # the training split comes first
     widest = max((s for r in runs for s in run_stages(r)), key=lambda s: s.channels, default=None)
     accumulators = (n_train ** 2 + (widest.channels ** 2 if widest else 0)) * ACCUMULATOR_BYTES
-    largest = max(models, key=lambda m: m["shard_bytes"], default=None)
+    largest = max(models, key=lambda m: m["extraction_ram_bytes"], default=None)
     return {"gpu_hours": extraction + model_jobs + probes, "extraction_gpu_hours": extraction,
             "speed_vqa_gpu_hours": model_jobs, "probe_fit_gpu_hours": probes,
             "probe_fit_pflop": fit_flops / 1e15,
-            "host_ram_gb": ((largest["shard_bytes"] if largest else 0) + accumulators) / 1e9,
+            "host_ram_gb": ((largest["extraction_ram_bytes"] if largest else 0) + accumulators) / 1e9,
             "host_ram_model": largest and largest["runs"][0],
             "disk_gb": sum(m["disk_bytes"] for m in models) / 1e9,
             "assumptions": ASSUMPTIONS}
@@ -503,6 +517,6 @@ ASSUMPTIONS = (f"forward FLOPs per image = 2 x parameters x tokens + 4 x layers 
                f"writes, bitsandbytes 4bit x{QUANTIZED_SLOWDOWN['4bit']:.0f} "
                f"and 8bit x{QUANTIZED_SLOWDOWN['8bit']:.0f} slower; probe fits 2 n^2 N C (linear Gram) + "
                f"2 C^2 n N (dense) at {PROBE_FLOPS / 1e12:.0f} TFLOP/s; disk = tokens x channels x 2 bytes per stored "
-               f"stage and image; host RAM = one shard of every stage of the largest model + the float64 "
-               f"accumulators (n x n Gram, C x C); measured seconds per image replace the assumption where a "
+               f"stage and image; host RAM = the largest extraction job (batches up to the {SPILL_BYTES / 2**30:.0f} GiB spill "
+               f"budget, one batch of every stage, one stage of a shard) + the float64 accumulators (n x n Gram, C x C); measured seconds per image replace the assumption where a "
                f"shard index has them")

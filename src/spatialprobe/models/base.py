@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import torch
 from PIL import Image
@@ -275,15 +275,24 @@ class Backbone:
         Each batch's features leave the device as soon as it is done (detached; tokens and extras cast to
         `host_dtype` when given, e.g. float16 for the store), so a device never holds more than one batch.
         """
-        self.check_modalities(samples)
         wanted = self.resolve_stages(stages)
         parts: dict[str, list[TokenFeatures]] = {s: [] for s in wanted}
+        for batch in self.extract_batches(samples, wanted, batch_size, host_dtype=host_dtype):
+            for stage in wanted:
+                parts[stage].append(batch[stage])
+        return {s: TokenFeatures.concat(p) for s, p in parts.items()}
+
+    def extract_batches(self, samples: Sequence[Sample], stages: Iterable[str] | None = None, batch_size: int = 8, *,
+                        host_dtype: torch.dtype | None = None) -> Iterator[dict[str, TokenFeatures]]:
+        """`extract` one batch at a time: each batch's features of every requested stage, on the host, as soon
+        as its forward pass is done (so a caller can write them away instead of holding them)."""
+        self.check_modalities(samples)
+        wanted = self.resolve_stages(stages)
         for start in range(0, len(samples), batch_size):
             got = self.forward_features(samples[start : start + batch_size], wanted)
-            for stage in wanted:
-                parts[stage].append(got[stage].to_host(host_dtype))
+            host = {stage: got[stage].to_host(host_dtype) for stage in wanted}
             del got  # the device copies go now, not when the next batch's pass overwrites the name
-        return {s: TokenFeatures.concat(p) for s, p in parts.items()}
+            yield host
 
     def randomize_weights(self, seed: int) -> None:
         """Replace the weights by a fresh random initialization of the same architecture (a control)."""
