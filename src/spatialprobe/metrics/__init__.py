@@ -185,3 +185,6 @@ def ap_interval(ious: np.ndarray, scores: np.ndarray, threshold: float, resample
     note = (f"{hits} hit{'s' if hits != 1 else ''} at IoU {threshold:g} of {n}: exact binomial interval "
             "on the hit count, not a bootstrap")
     return best_ap_up_to(rate_low) * rate_low, best_ap_up_to(rate_high), note
+
+
+from .cka import StreamingCKA, cka  # noqa: E402  (at the end: CKA needs nothing above)
