@@ -137,8 +137,9 @@ def test_interrupted_run_resumes_with_identical_results(finished_run, tmp_path, 
         run(config, tmp_path / "out")
     monkeypatch.setattr(extract, "run_shard", real)
     extracted = []
-    monkeypatch.setattr(sp.models.base.Backbone, "extract",
-                        lambda self, images, *a, _real=sp.models.base.Backbone.extract, **k: extracted.append(len(images)) or _real(self, images, *a, **k))
+    monkeypatch.setattr(sp.models.base.Backbone, "extract_batches",
+                        lambda self, images, *a, _real=sp.models.base.Backbone.extract_batches, **k:
+                        extracted.append(len(images)) or _real(self, images, *a, **k))
     run(config, tmp_path / "out")
     assert read_results(tmp_path / "out") == read_results(run_dir)
     # 4 backbones (pixels, dino, dino random init, qwen) x 96 images, less the two 16-image shards
