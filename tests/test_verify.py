@@ -39,6 +39,7 @@ CASES = {
     "florence2": ("florence2", {"resolution": 128}),
     "kosmos2": ("kosmos2", {}),
     "vjepa2": ("vjepa2", {}),
+    "ltx_video_vae": ("ltx_video_vae", {"resolution": 128}),
     "pixels": ("pixels", {"resolution": 56}),
     "hybrid": ("hybrid", {}),
 }

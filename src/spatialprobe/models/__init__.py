@@ -24,6 +24,7 @@ FAMILIES: dict[str, str] = {
     "florence2": "spatialprobe.models.florence2:Florence2Backbone",
     "kosmos2": "spatialprobe.models.kosmos2:Kosmos2Backbone",
     "vjepa2": "spatialprobe.models.vjepa2:VJepa2Backbone",
+    "ltx_video_vae": "spatialprobe.models.ltx_video_vae:LtxVideoVaeBackbone",
     "hybrid": "spatialprobe.models.hybrid:HybridBackbone",
 }
 
