@@ -16,7 +16,7 @@ def row(model, metric, value, half_width=0.01, stage="llm.layer.1", probe="dense
 
 def measured(model, spatial, bbox=0.6, lpips=0.2, speed=1.2, half_width=0.01):
     return [row(model, "spatial_iou", spatial, half_width), row(model, "bbox_iou", bbox),
-            row(model, "lpips", lpips, probe=None), {**row(model, "speed_ratio", speed, 0, stage=None, probe=None),
+            row(model, "lpips_adapter", lpips, probe=None), {**row(model, "speed_ratio", speed, 0, stage=None, probe=None),
                                                      "ci_low": None, "ci_high": None}]
 
 
@@ -59,7 +59,7 @@ def test_uncertain_interval_is_not_a_pass():
 def test_spatial_met_but_another_criterion_failed_is_named_as_a_gap():
     verdict = decide(measured("a", 0.8, lpips=0.6), {"a": STAGES})
     assert verdict.outcome.startswith("A model meets the spatial threshold but fails another criterion")
-    assert verdict.per_model[0].status("lpips") == "fail"
+    assert verdict.per_model[0].status("lpips_adapter") == "fail"
 
 
 def test_judged_stage_defaults_to_last_llm_layer_and_best_stage_is_shown():
@@ -86,30 +86,30 @@ def test_judge_and_tiers_by_hand():
     assert judge(0.6, 0.58, 0.62, above) == "uncertain"
     assert judge(None, None, None, above) == "missing"
     assert [tier(v, above) for v in (0.7, 0.62, 0.57, 0.5)] == ["target", "acceptable", "marginal", "fail"]
-    below = Criterion(metric="lpips", weight=1, threshold=0.35, direction="below", target=0.30, acceptable=0.35, fail=0.40)
+    below = Criterion(metric="lpips_adapter", weight=1, threshold=0.35, direction="below", target=0.30, acceptable=0.35, fail=0.40)
     assert [tier(v, below) for v in (0.2, 0.33, 0.38, 0.5)] == ["target", "acceptable", "marginal", "fail"]
     assert judge(0.3, 0.25, 0.34, below) == "pass" and judge(0.5, 0.41, 0.6, below) == "fail"
 
 
 def test_unavailable_metric_counts_as_missing():
     results = measured("a", 0.75)
-    lpips = next(r for r in results if r["metric"] == "lpips")
+    lpips = next(r for r in results if r["metric"] == "lpips_adapter")
     lpips.update(value=None, ci_low=None, ci_high=None, unavailable="no AlexNet weights")
     verdict = decide(results, {"a": STAGES})
-    assert verdict.per_model[0].status("lpips") == "missing" and "lpips" in verdict.missing
+    assert verdict.per_model[0].status("lpips_adapter") == "missing" and "lpips_adapter" in verdict.missing
     assert verdict.outcome == "One model exceeds all thresholds"
 
 
 def test_a_model_unmeasurable_at_its_judged_stage_does_not_exceed_thresholds():
     # e.g. Kosmos-2's LLM layers hold only placeless queries: no dense probe, so no spatial_iou or bbox_iou
-    results = measured("a", 0.75) + [{**row("q", "lpips", 0.2, probe=None)}]
+    results = measured("a", 0.75) + [{**row("q", "lpips_adapter", 0.2, probe=None)}]
     verdict = decide(results, {"a": STAGES, "q": STAGES})
     assert verdict.outcome == "One model exceeds all thresholds" and verdict.models == ["a"]
     assert "spatial_iou" in verdict.rests_on and "bbox_iou" in verdict.rests_on
     assert any(r.startswith("q at llm.layer.1") and "spatial_iou, bbox_iou" in r and "not measured" in r
                for r in verdict.reasons)
     # with the primary criterion measured for no model there is nothing to decide ("Pivot" before)
-    alone = decide([row("q", "lpips", 0.2, probe=None)], {"q": STAGES})
+    alone = decide([row("q", "lpips_adapter", 0.2, probe=None)], {"q": STAGES})
     assert alone.outcome.startswith("No verdict") and "spatial_iou" in alone.outcome and alone.models == []
     assert not alone.certain and "Pivot" not in alone.action and "spatial_iou" in alone.action
 
@@ -150,7 +150,8 @@ TASKS, PROBES = ["spatial_probe", "reconstruction_probe", "speed", "vqa"], ["lin
      r"^decision\.criteria\[0\]\.probe: probe 'linear' is not run \(probes: pooled, dense\)$"),
     ({"spatial_metric": "psnr", "criteria": [Criterion(metric="psnr", weight=1, threshold=20, direction="above")]},
      ["a"], r"^decision\.spatial_metric: psnr comes from the reconstruction_probe task, which `tasks` leaves out$"),
-    ({"spatial_metric": "cka"}, ["a"], r"^decision\.spatial_metric: no task measures 'cka' yet"),
+    ({"spatial_metric": "direction_accuracy",
+      "criteria": [Criterion(metric="direction_accuracy", weight=1, threshold=0.8, direction="above")]}, ["a"], r"^decision\.spatial_metric: no task measures 'direction_accuracy' yet"),
     ({"spatial_metric": "map_50"}, ["a"], r"^decision\.spatial_metric: 'map_50' is no criterion's metric"),
     ({"stage": {"b": "llm.layer.-1"}}, ["a"], r"^decision\.stage: no model named 'b'; models: a$"),
     ({"stage": {"a": "vision..block"}}, ["a"], r"^decision\.stage\.a: stage 'vision\.\.block' has an empty part"),
@@ -170,7 +171,7 @@ def test_check_decision_accepts_the_defaults_and_the_proposals_unbuilt_metrics()
     check_decision(DecisionConfig(), TASKS, PROBES, ["a", "b"])
     check_decision(DecisionConfig(), ["spatial_probe"], ["dense"], ["a"])  # lpips and speed then listed as missing
     planned = [Criterion(metric=m, weight=0.1, threshold=0.5, direction="above")
-               for m in ("cka", "lpips_adapter", "direction_accuracy", "ordering_accuracy")]
+               for m in ("cka", "direction_accuracy", "ordering_accuracy")]  # cka: built, not measured here
     config = DecisionConfig(criteria=DecisionConfig().criteria[:1] + planned)
     check_decision(config, TASKS, PROBES, ["a", "b"])
     check_decision(config.model_copy(update={"stage": {"a": "vision.block.-1", "b": "vision.*"}}), TASKS, PROBES, ["a", "b"])
@@ -246,8 +247,8 @@ def test_architecture_alone_fail_counts_the_flagged_criterion_as_failed():
 
 
 def test_margin_of_a_below_criterion_is_positive_when_better_than_the_control():
-    results = measured("a", 0.75, lpips=0.20) + [{**row("a [random init]", "lpips", 0.50, probe=None), "control": "random_init"}]
-    lpips = decide(results, {"a": STAGES}).per_model[0].judgement("lpips")
+    results = measured("a", 0.75, lpips=0.20) + [{**row("a [random init]", "lpips_adapter", 0.50, probe=None), "control": "random_init"}]
+    lpips = decide(results, {"a": STAGES}).per_model[0].judgement("lpips_adapter")
     assert lpips.random_init.value == pytest.approx(0.30) and lpips.random_init.ci == pytest.approx((0.28, 0.32))
     assert lpips.random_init.control_status == "fail" and not lpips.met_by_architecture
 
@@ -298,6 +299,6 @@ def test_tiers_on_the_wrong_side_of_the_threshold_are_refused():
     with pytest.raises(ValueError, match="target 0.5 does not clear the threshold 0.6"):
         Criterion(metric="m", weight=1, threshold=0.6, direction="above", target=0.5)
     with pytest.raises(ValueError, match="fail bound 0.3 clears the threshold 0.35"):
-        Criterion(metric="lpips", weight=1, threshold=0.35, direction="below", target=0.2, fail=0.3)
+        Criterion(metric="lpips_adapter", weight=1, threshold=0.35, direction="below", target=0.2, fail=0.3)
     with pytest.raises(ValueError, match="acceptable 0.8 is better than target 0.7"):
         Criterion(metric="m", weight=1, threshold=0.6, direction="above", target=0.7, acceptable=0.8)

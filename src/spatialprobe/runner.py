@@ -185,6 +185,12 @@ def run_infos(config: RunConfig, trust_remote_code: bool = False) -> list[RunInf
     labels = {r.name: model_label(r) for r in model_runs(config, trust_remote_code)}
     infos = []
     for r in spec_runs(config, lambda path, family: resolve_path(path, family, config), trust_remote_code):
+        if r.control == "reference":
+            label = r.label or f"{r.family} ({r.spec.path})"
+            if config.alignment.reference.path == "tiny":
+                label += " (tiny, random weights: a check of the pipeline, not of LTX-Video)"
+            infos.append(RunInfo(r.name, label, r.family, r.control, r.spec, r.stages))
+            continue
         label = labels[r.name] + (" [random init]" if r.control == "random_init" else "")
         infos.append(RunInfo(r.name, label, r.family, r.control, r.spec, r.stages))
     return infos
@@ -265,7 +271,10 @@ def model_info_known(state: Run, members: list[RunInfo], info: dict) -> None:
     for member in members:
         stages = resolve_stages(member.stages, info["stages"], member.label)
         state.stages[member.name] = stages
-        if member.part_of:
+        if member.variant == "reference":  # measured by no task: the manifest says what it is
+            state.manifest["reference"] = {**info["describe"], "name": member.name, "label": member.label,
+                                           "stages": stages}
+        if member.part_of or member.variant == "reference":
             continue
         state.judged[member.name] = judged_stage(member.name.removesuffix(" [random init]"), stages,
                                                  state.config.decision)
@@ -307,8 +316,8 @@ def model_jobs(state: Run, runs: list[RunInfo], tasks: list) -> list:
                 images = sum(s.stop - s.start for s in stored if s.split == split)
                 if images:
                     extracted(state, members[0].name, split, images, "already stored")
-        extra = [job for member in members if not member.part_of for task in tasks
-                 for job in task.model_jobs(member, ctx)]
+        extra = [job for member in members if not member.part_of and member.variant != "reference"
+                 for task in tasks for job in task.model_jobs(member, ctx)]
         if known is not None and not shards and not extra:
             continue
         verify = config.verify != "off" and any(m.variant == "none" for m in members)
@@ -430,7 +439,7 @@ def composed(state: Run, runs: list[RunInfo], jobs: list[ComposeJob], job: Compo
 
 
 def feature_jobs(state: Run, runs: list[RunInfo], tasks: list) -> list:
-    return [job for info in runs for task in tasks
+    return [job for info in runs if info.variant != "reference" for task in tasks
             for job in task.feature_jobs(info, state.stages[info.name], state.judged[info.name], state.ctx)]
 
 
@@ -440,7 +449,10 @@ def run(config: RunConfig, out: Path, console: Console | None = None, trust_remo
     from .rows import RESULTS_SCHEMA
     from .tasks import TASKS, get_task
 
+    from .gate import gated
+
     console = console or Console(stderr=True)
+    config = gated(config, console.print)  # Phase 2 after a Phase 1 run: only the models past its gate
     quiet_transformers()
     out = Path(out)
     claim_run_dir(out, config_digest(config), on_existing)
@@ -451,14 +463,16 @@ def run(config: RunConfig, out: Path, console: Console | None = None, trust_remo
     manifest = new_manifest(config, root, data_hash, train_data, test_data)
     manifest["results_schema"] = RESULTS_SCHEMA
     runs = run_infos(config, trust_remote_code)
-    manifest["models"] = {info.name: {"label": info.label, "control": info.variant} for info in runs}
+    manifest["models"] = {info.name: {"label": info.label, "control": info.variant} for info in runs
+                          if info.variant != "reference"}
     # the run's own files are replaced at once, so a report never mixes an older run with this one
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
     write_results(out, [])
     spec = config.dataset
     data = DataRef(str(root), spec.train_split, spec.test_split, spec.on_bad_annotation, data_hash)
     store_root = work_dir(config) / "features" if config.cache_dir else default_cache_dir()
-    ctx = PlanContext(config, data, str(store_root), str(work_dir(config) / "results"))
+    reference = next((info for info in runs if info.variant == "reference"), None)
+    ctx = PlanContext(config, data, str(store_root), str(work_dir(config) / "results"), reference)
     tasks = [get_task(name) for name in TASKS if name in config.tasks]
     with JobProgress(console) as progress:
         state = Run(config, ctx, out, manifest, progress)

@@ -271,7 +271,19 @@ def spec_runs(config, resolve: Callable[[str, str], str] = unresolved, trust_rem
             spec = ModelSpec.from_config(model, path, config.dtype, "random_init",
                                          config.seed + RANDOM_INIT_SEED_OFFSET, part_paths)
             runs.append(SpecRun(f"{model.name} [random init]", None, spec, stages, "random_init"))
-    return runs
+    return runs + reference_runs(config, resolve)
+
+
+def reference_runs(config, resolve: Callable[[str, str], str] = unresolved) -> list[SpecRun]:
+    """The alignment reference (the VAE whose latents Phase 2 compares stages with), when a task reads it:
+    extracted like a model (variant "reference"), measured by no task itself."""
+    from .tasks import needs_reference
+
+    if not needs_reference(config.tasks):
+        return []
+    ref = config.alignment.reference.model()
+    path = resolve(ref.path, ref.family)
+    return [SpecRun(ref.name, ref.label, ModelSpec.from_config(ref, path, config.dtype), None, "reference")]
 
 
 def extraction_requests(run: SpecRun) -> list[tuple[str, ModelSpec, tuple[str, ...] | None]]:

@@ -26,9 +26,15 @@ class TaskEntry:
     rows carry it; () = rows without a probe). The decision reads these without importing the module."""
     module: str
     metrics: dict[str, tuple[str, ...]]
+    #: reads the latents of the run's reference model (`alignment.reference`), extracted beside the models
+    reference: bool = False
+    #: in a config's `tasks` when it names none (Phase 2 tasks are asked for by name)
+    default: bool = True
 
 
 SPATIAL_PROBES = ("linear", "pooled", "dense")
+ALIGNMENT_FORMS = ("pooled", "spatial", "per_position")  # as alignment.FORMS (here without torch)
+ADAPTER_HEADS = ("conv", "attention")
 
 #: task name -> its entry, in the order their sections appear in the report
 TASKS: dict[str, TaskEntry] = {
@@ -39,7 +45,21 @@ TASKS: dict[str, TaskEntry] = {
         "psnr": ("decoder",), "ssim": ("decoder",), "lpips": ("decoder",)}),
     "speed": TaskEntry("spatialprobe.tasks.speed", {"speed_ratio": (), "images_per_second": (), "peak_memory_mb": ()}),
     "vqa": TaskEntry("spatialprobe.tasks.vqa", {"vqa_accuracy": ("generate",), "vqa_relative": ("generate",)}),
+    "latent_alignment": TaskEntry("spatialprobe.tasks.latent_alignment", {"cka": ALIGNMENT_FORMS},
+                                  reference=True, default=False),
+    "adapter_bridging": TaskEntry("spatialprobe.tasks.adapter_bridging", {
+        "lpips_adapter": ADAPTER_HEADS, "psnr_adapter": ADAPTER_HEADS, "ssim_adapter": ADAPTER_HEADS},
+        reference=True, default=False),
 }
+
+
+def default_tasks() -> list[str]:
+    return [name for name, entry in TASKS.items() if entry.default]
+
+
+def needs_reference(tasks: list[str]) -> bool:
+    """Whether any of these tasks reads the reference model's latents."""
+    return any(TASKS[t].reference for t in tasks)
 
 
 def measured_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -54,6 +74,7 @@ class PlanContext:
     data: Any  # jobs.DataRef
     store_root: str
     results_root: str
+    reference: Any = None  # jobs.RunInfo of the alignment reference (the VAE), when a task reads it
 
 
 class Task(Protocol):
