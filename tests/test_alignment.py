@@ -127,3 +127,17 @@ def test_block_bootstrap_forms_equal_the_weighted_sums(case):
         rows = [i for i in range(40) for _ in range(int(w[i % 4]))]
         want = feature_cka(x[rows].reshape(-1, x.shape[-1]).numpy(), latents[rows].double().reshape(-1, latents.shape[-1]).numpy())
         assert float(row) == pytest.approx(want, abs=1e-9)
+
+
+def test_bootstrap_draws_in_closed_form_equal_ckas_of_the_drawn_gram_matrices():
+    from spatialprobe.alignment import bootstrap_ckas
+
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(25, 6, generator=g, dtype=torch.float64), torch.randn(25, 3, generator=g, dtype=torch.float64)
+    y = y + x[:, :3]
+    k, l = x @ x.T, y @ y.T
+    draws = torch.randint(25, (4, 25), generator=g)
+    counts = torch.zeros(4, 25, dtype=torch.float64).scatter_add_(1, draws, torch.ones(4, 25, dtype=torch.float64))
+    got = bootstrap_ckas(k, l, counts)
+    for value, rows in zip(got, draws):
+        assert float(value) == pytest.approx(gram_cka(k[rows][:, rows], l[rows][:, rows]), abs=1e-10)

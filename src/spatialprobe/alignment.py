@@ -36,6 +36,8 @@ FORMS = ("pooled", "spatial", "per_position")
 BLOCKS = 20
 #: float64 numbers of the permuted cross sums held at once (permutations x C x q)
 CROSS_BUDGET = 2**25
+#: bootstrap draws whose CKAs are computed at once ([draws, n] matrices)
+BOOTSTRAP_CHUNK = 200
 
 
 def center_gram(gram: torch.Tensor) -> torch.Tensor:
@@ -68,18 +70,39 @@ class CkaEstimate:
                 "images": self.images, "ci_method": self.ci_method, "permutations": self.permutations}
 
 
+def weighted_hsic(w: torch.Tensor, k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """<H K H, H L H> of the examples each counted w[r, i] times ([R, n] -> [R]): the Gram matrices of a
+    bootstrap draw (rows and columns repeated) without building them. With N = sum w, a = K w / N, b = L w / N,
+    alpha = w.a / N, beta = w.b / N, the centered entries are K_ij - a_i - a_j + alpha (and likewise for L), and
+    sum_ij w_i w_j Kc_ij Lc_ij = w^T (K * L) w - 2 N (w * a) . b + N^2 alpha beta."""
+    n_w = w.sum(1)
+    a, b = (w @ k) / n_w[:, None], (w @ l) / n_w[:, None]
+    alpha, beta = (w * a).sum(1) / n_w, (w * b).sum(1) / n_w
+    return ((w @ (k * l)) * w).sum(1) - 2 * n_w * (w * a * b).sum(1) + n_w ** 2 * alpha * beta
+
+
+def bootstrap_ckas(k: torch.Tensor, l: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """CKA [R] of each bootstrap draw, given as how often each image was drawn ([R, n])."""
+    kl, kk, ll = (weighted_hsic(counts, *pair) for pair in ((k, l), (k, k), (l, l)))
+    return kl / (kk.clamp(min=0) * ll.clamp(min=0)).sqrt().clamp(min=1e-300)
+
+
 def gram_estimate(k: torch.Tensor, l: torch.Tensor, bootstrap: int, permutations: int, seed: int) -> CkaEstimate:
     """CKA of per-image Gram matrices with its bootstrap interval over images and its permutation null."""
     n = len(k)
+    k, l = k.double(), l.double()
     generator = torch.Generator().manual_seed(seed)
-    boot = []
-    for _ in range(bootstrap):
-        rows = torch.randint(n, (n,), generator=generator)
-        boot.append(gram_cka(k[rows][:, rows], l[rows][:, rows]))
+    draws = torch.randint(n, (bootstrap, n), generator=generator)
+    counts = torch.zeros(bootstrap, n, dtype=torch.float64).scatter_add_(1, draws, torch.ones(bootstrap, n,
+                                                                                              dtype=torch.float64))
+    boot = torch.cat([bootstrap_ckas(k, l, chunk) for chunk in counts.split(BOOTSTRAP_CHUNK)]).numpy()
+    # centering commutes with re-pairing the images: center once, permute the centered latents' Gram
+    kc, lc = center_gram(k), center_gram(l)
+    norms = float(kc.norm() * lc.norm())
     null = []
     for _ in range(permutations):
         order = torch.randperm(n, generator=generator)
-        null.append(gram_cka(k, l[order][:, order]))
+        null.append(float((kc * lc[order][:, order]).sum()) / norms if norms > 0 else 0.0)
     return CkaEstimate(gram_cka(k, l), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)),
                        float(np.mean(null)), float(np.percentile(null, 95)), n, n,
                        "bootstrap over images", permutations)
