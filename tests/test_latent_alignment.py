@@ -56,14 +56,21 @@ def test_every_stage_of_every_run_has_cka_rows_with_interval_null_and_ceiling(al
     assert not [r for r in rows_of(run_dir) if r["model"] == "reference"]
 
 
-def test_the_decision_reads_spatial_cka_at_the_judged_stage(aligned):
+def test_the_decision_reads_spatial_cka_at_the_judged_stage_but_never_against_a_tiny_vae(aligned):
     run_dir, _ = aligned
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    verdict = run_verdict(manifest, rows_of(run_dir))
-    model = next(v for v in verdict.per_model if v.model == "dino-tiny")
-    cka = model.judgement("cka")
+    rows = rows_of(run_dir)
+    # against the tiny random VAE the numbers are measured but no evidence: the verdict leaves them out
+    verdict = run_verdict(manifest, rows)
+    cka = next(v for v in verdict.per_model if v.model == "dino-tiny").judgement("cka")
+    assert cka.status == "missing" and "tiny random VAE" in cka.unavailable and "cka" in verdict.missing
+    # the same rows from a real reference are judged: spatial CKA at the judged stage
+    real = [{k: v for k, v in r.items() if k != "not_judged"} for r in rows]
+    cka = next(v for v in run_verdict(manifest, real).per_model if v.model == "dino-tiny").judgement("cka")
     assert cka.status != "missing" and cka.value is not None and cka.criterion.probe == "spatial"
-    assert "cka" not in verdict.missing
+    judged = manifest["models"]["dino-tiny"]["stages"][-1]
+    assert cka.value == next(r["value"] for r in real if r["model"] == "dino-tiny" and r["stage"] == judged
+                             and r["probe"] == "spatial")
     assert "Phase 2: latent alignment" in (run_dir / "report.html").read_text()
 
 

@@ -262,6 +262,8 @@ def judgement(model: str, stage: str, c: Criterion, results: list[dict]) -> Judg
     r = find(results, model, stage, c)
     if r is None or r.get("value") is None:  # not measured, or recorded as unavailable
         return Judgement(c, "missing", unavailable=(r or {}).get("unavailable"))
+    if r.get("not_judged"):  # measured, but against something that is no evidence (e.g. a tiny random VAE)
+        return Judgement(c, "missing", unavailable=r["not_judged"])
     if r.get("baseline") == model:  # a ratio to the model itself: 1 by definition, nothing to judge
         return Judgement(c, "baseline", r["value"])
     value, ci = r["value"], interval(r)

@@ -89,6 +89,15 @@ class Task(Protocol):
     def section(self, manifest: dict, results: list[dict]) -> str: ...
 
 
+TINY_REFERENCE = ("measured against a tiny random VAE (alignment.reference.path: tiny): a check of the pipeline, "
+                  "not a measurement of LTX-Video, so the verdict does not use it")
+
+
+def reference_fields(ctx: PlanContext) -> dict:
+    """What every row measured against the reference says about it; a tiny random reference is never judged."""
+    return {"not_judged": TINY_REFERENCE} if ctx.config.alignment.reference.path == "tiny" else {}
+
+
 def stage_source(ctx: PlanContext, run, split: str, stage: str):
     """One stage of one split of a run's model in the feature store, read shard by shard."""
     from ..store.shards import FeatureCache

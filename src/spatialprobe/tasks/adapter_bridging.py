@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import NoJobs, PlanContext, stage_source
+from . import NoJobs, PlanContext, reference_fields, stage_source
 from .latent_alignment import REFERENCE_STAGE, reference_latents
 
 #: metric -> the per-image score it is the mean of
@@ -216,7 +216,7 @@ class AdapterJob:
             store.put(key, rows)
         base = {"model": run.name, "label": run.label, "family": run.family, "task": "adapter_bridging",
                 "seed": config.seed, "control": run.variant, "variant": run.variant, "stage": self.stage,
-                "ref_model": ctx.reference.name, "ref_stage": REFERENCE_STAGE}
+                "ref_model": ctx.reference.name, "ref_stage": REFERENCE_STAGE, **reference_fields(ctx)}
         return [{**base, **r} for r in rows]
 
     def measure(self, checkpoint_dir: Path, lpips_reason: str | None) -> list[dict]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..report.parts import results_table
-from . import NoJobs, PlanContext, stage_source
+from . import NoJobs, PlanContext, reference_fields, stage_source
 
 REFERENCE_STAGE = "vae.latent"
 KERNEL = "linear"
@@ -70,7 +70,8 @@ class AlignmentJob:
             store.put(key, rows)
         base = {"model": run.name, "label": run.label, "family": run.family, "task": "latent_alignment",
                 "seed": config.seed, "control": run.variant, "variant": run.variant, "stage": self.stage,
-                "ref_model": ctx.reference.name, "ref_stage": REFERENCE_STAGE, "kernel": KERNEL}
+                "ref_model": ctx.reference.name, "ref_stage": REFERENCE_STAGE, "kernel": KERNEL,
+                **reference_fields(ctx)}
         return [{**base, **r} for r in rows]
 
 
