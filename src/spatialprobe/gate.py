@@ -7,7 +7,6 @@ keeps every model (the measurements are still made; the verdict still shows each
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .errors import SpatialProbeError
@@ -15,17 +14,12 @@ from .errors import SpatialProbeError
 
 def phase1_gates(run_dir: Path) -> dict[str, tuple[str, str]]:
     """model -> (gate status, why) from a finished Phase 1 run folder."""
-    from .report import judged_models, run_verdict
+    from .report import judged_models, read_run, run_verdict
 
-    manifest_path, results_path = run_dir / "manifest.json", run_dir / "results.jsonl"
-    for path in (manifest_path, results_path):
-        if not path.is_file():
-            raise SpatialProbeError(f"alignment.phase1_run: {path} is missing; point it at a Phase 1 run's output folder")
     try:
-        manifest = json.loads(manifest_path.read_text())
-        results = [json.loads(line) for line in results_path.read_text().splitlines() if line.strip()]
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SpatialProbeError(f"alignment.phase1_run: {run_dir} is not a readable run folder ({err})") from None
+        manifest, results = read_run(run_dir)
+    except SpatialProbeError as err:
+        raise SpatialProbeError(f"alignment.phase1_run: {err}; point it at a Phase 1 run's output folder") from None
     verdict = run_verdict(manifest, results)
     gates = {}
     for v in verdict.per_model:

@@ -98,6 +98,24 @@ def reference_fields(ctx: PlanContext) -> dict:
     return {"not_judged": TINY_REFERENCE} if ctx.config.alignment.reference.path == "tiny" else {}
 
 
+def cached_records(ctx: PlanContext, compute, **key) -> list[dict]:
+    """A job's records from the run's result store (by `result_key(**key)`), computed and stored on a miss."""
+    from ..store.results import ResultCache, result_key
+
+    store, name = ResultCache(ctx.results_root), result_key(**key)
+    records = store.get(name)
+    if records is None:
+        records = compute()
+        store.put(name, records)
+    return records
+
+
+def row_base(run, task: str, stage: str | None, ctx: PlanContext) -> dict:
+    """The fields naming a row's run, task and stage."""
+    return {"model": run.name, "label": run.label, "family": run.family, "task": task, "seed": ctx.config.seed,
+            "control": run.variant, "variant": run.variant, "stage": stage}
+
+
 def stage_source(ctx: PlanContext, run, split: str, stage: str):
     """One stage of one split of a run's model in the feature store, read shard by shard."""
     from ..store.shards import FeatureCache

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..report.parts import results_table
-from . import NoJobs, PlanContext, reference_fields, stage_source
+from . import NoJobs, PlanContext, cached_records, reference_fields, row_base, stage_source
 
 REFERENCE_STAGE = "vae.latent"
 KERNEL = "linear"
@@ -52,27 +52,24 @@ class AlignmentJob:
     ctx: PlanContext
 
     def run(self) -> list[dict]:
-        from ..alignment import Chained
-        from ..store.results import ResultCache, result_key
-
         ctx, run, config = self.ctx, self.model, self.ctx.config
         forms = list(config.alignment.forms)
-        key = result_key(task="latent_alignment", model=run.spec.key(), stage=self.stage, data=ctx.data.key(),
-                         reference=ctx.reference.spec.key(), forms=forms, bootstrap=config.bootstrap,
-                         permutations=config.alignment.permutations, seed=config.seed)
-        store = ResultCache(ctx.results_root)
-        rows = store.get(key)
-        if rows is None:
-            latents, cells = reference_latents(ctx)
-            source = Chained(stage_source(ctx, run, "train", self.stage), stage_source(ctx, run, "test", self.stage))
-            rows = alignment_records(source, latents, cells, forms, config.bootstrap,
-                                     config.alignment.permutations, config.seed)
-            store.put(key, rows)
-        base = {"model": run.name, "label": run.label, "family": run.family, "task": "latent_alignment",
-                "seed": config.seed, "control": run.variant, "variant": run.variant, "stage": self.stage,
-                "ref_model": ctx.reference.name, "ref_stage": REFERENCE_STAGE, "kernel": KERNEL,
-                **reference_fields(ctx)}
+        rows = cached_records(ctx, lambda: self.records(forms), task="latent_alignment", model=run.spec.key(),
+                              stage=self.stage, data=ctx.data.key(), reference=ctx.reference.spec.key(), forms=forms,
+                              bootstrap=config.bootstrap, permutations=config.alignment.permutations, seed=config.seed)
+        base = {**row_base(run, "latent_alignment", self.stage, ctx), "ref_model": ctx.reference.name,
+                "ref_stage": REFERENCE_STAGE, "kernel": KERNEL, **reference_fields(ctx)}
         return [{**base, **r} for r in rows]
+
+    def records(self, forms: list[str]) -> list[dict]:
+        from ..alignment import Chained
+
+        ctx, config = self.ctx, self.ctx.config
+        latents, cells = reference_latents(ctx)
+        source = Chained(stage_source(ctx, self.model, "train", self.stage),
+                         stage_source(ctx, self.model, "test", self.stage))
+        return alignment_records(source, latents, cells, forms, config.bootstrap, config.alignment.permutations,
+                                 config.seed)
 
 
 class LatentAlignmentTask(NoJobs):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..report.parts import results_table
-from . import NoJobs, PlanContext, stage_source
+from . import NoJobs, PlanContext, cached_records, row_base, stage_source
 
 OUTPUT_SIZE = 64  # as probes.reconstruction.OUTPUT_SIZE (kept here so the report needs no torch)
 
@@ -126,20 +126,13 @@ class ReconstructionJob:
     ctx: PlanContext
 
     def run(self) -> list[dict]:
-        from ..store.results import ResultCache, result_key
-
         ctx, run, config = self.ctx, self.model, self.ctx.config
-        key = result_key(task="reconstruction_probe", model=run.spec.key(), stage=self.stage, data=ctx.data.key(),
-                         bootstrap=config.bootstrap, seed=config.seed)
-        store = ResultCache(ctx.results_root)
-        rows = store.get(key)
-        if rows is None:
-            rows = reconstruction_results(stage_source(ctx, run, "train", self.stage),
-                                          stage_source(ctx, run, "test", self.stage),
-                                          ctx.data.split("train"), ctx.data.split("test"), config)
-            store.put(key, rows)
-        base = {"model": run.name, "label": run.label, "family": run.family, "task": "reconstruction_probe",
-                "seed": config.seed, "control": run.variant, "variant": run.variant, "stage": self.stage}
+        rows = cached_records(ctx, lambda: reconstruction_results(
+            stage_source(ctx, run, "train", self.stage), stage_source(ctx, run, "test", self.stage),
+            ctx.data.split("train"), ctx.data.split("test"), config),
+            task="reconstruction_probe", model=run.spec.key(), stage=self.stage, data=ctx.data.key(),
+            bootstrap=config.bootstrap, seed=config.seed)
+        base = row_base(run, "reconstruction_probe", self.stage, ctx)
         return [{**base, **r} for r in rows]
 
 
