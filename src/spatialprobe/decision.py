@@ -375,7 +375,7 @@ def decide(results: list[dict], model_stages: dict[str, list[str]], config: Deci
         reasons.append(f"margins over the controls: the model's value minus the control's, positive = better; interval: "
                        f"{MARGIN_INTERVAL}")
     if missing:
-        reasons.append(f"not measured, so not part of this verdict: {', '.join(missing)}")
+        reasons.append(f"not measured or not usable (see below), so not part of this verdict: {', '.join(missing)}")
     return Verdict(firm[0], firm[1], firm[2], reasons, certain, rests_on, missing, verdicts, alone)
 
 

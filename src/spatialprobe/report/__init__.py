@@ -49,7 +49,8 @@ def run_verdict(manifest: dict, results: list[dict]):
 
 
 def unavailable_notes(results: list[dict]) -> list[str]:
-    return sorted({f"{r['metric']} unavailable: {r['unavailable']}" for r in results if r.get("unavailable")})
+    notes = {f"{r['metric']} unavailable: {r['unavailable']}" for r in results if r.get("unavailable")}
+    return sorted(notes | {f"{r['metric']} not judged: {r['not_judged']}" for r in results if r.get("not_judged")})
 
 
 def verdict_section(manifest: dict, results: list[dict]) -> str:
