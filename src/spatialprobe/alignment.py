@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .bridging.resample import resample_onto
+from .metrics.cka import center_gram
 
 FORMS = ("pooled", "spatial", "per_position")
 #: blocks of images the per-position sums are kept in (the unit its bootstrap resamples)
@@ -40,14 +41,15 @@ CROSS_BUDGET = 2**25
 BOOTSTRAP_CHUNK = 200
 
 
-def center_gram(gram: torch.Tensor) -> torch.Tensor:
-    """H K H (H = I - 11^T/n): the Gram matrix of the examples around their mean."""
-    return gram - gram.mean(0, keepdim=True) - gram.mean(1, keepdim=True) + gram.mean()
+def centered(gram: torch.Tensor) -> torch.Tensor:
+    """H K H (H = I - 11^T/n) in float64, as a new matrix: the Gram matrix of the examples around their mean."""
+    return center_gram(gram.double().clone(), unbiased=False)
 
 
 def gram_cka(k: torch.Tensor, l: torch.Tensor) -> float:
-    """Linear CKA from two Gram matrices of the same examples (centered here)."""
-    k, l = center_gram(k.double()), center_gram(l.double())
+    """Linear CKA from two Gram matrices of the same examples (centered here); 0 when a side does not vary
+    (a task's stage may be constant: a number, not an error)."""
+    k, l = centered(k), centered(l)
     denominator = float(k.norm() * l.norm())
     return float((k * l).sum()) / denominator if denominator > 0 else 0.0
 
@@ -97,7 +99,7 @@ def gram_estimate(k: torch.Tensor, l: torch.Tensor, bootstrap: int, permutations
                                                                                               dtype=torch.float64))
     boot = torch.cat([bootstrap_ckas(k, l, chunk) for chunk in counts.split(BOOTSTRAP_CHUNK)]).numpy()
     # centering commutes with re-pairing the images: center once, permute the centered latents' Gram
-    kc, lc = center_gram(k), center_gram(l)
+    kc, lc = centered(k), centered(l)
     norms = float(kc.norm() * lc.norm())
     null = []
     for _ in range(permutations):
@@ -167,10 +169,13 @@ def image_grams(source, latents: torch.Tensor, cells: torch.Tensor) -> dict[str,
     The spatial rows (M x C per image) are never all held: `probes.gram.centered_grams` takes them in panels."""
     from .probes.gram import centered_grams
 
-    x_pooled = torch.cat([placed_means(feats) for feats in source.shards()])
-    y_pooled = latents.double().mean(1)
+    pooled, placed = [], False
+    for feats in source.shards():
+        pooled.append(placed_means(feats))
+        placed = bool(feats.tokens.shape[1])
+    x_pooled, y_pooled = torch.cat(pooled), latents.double().mean(1)
     out = {"pooled": (x_pooled @ x_pooled.T, y_pooled @ y_pooled.T)}
-    if next(iter(source.shards())).tokens.shape[1]:
+    if placed:
         k = centered_grams(OnCells(source, cells), NoImages())[0]
         y = latents.double().flatten(1)
         out["spatial"] = (k, y @ y.T)

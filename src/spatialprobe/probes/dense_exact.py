@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..store.sources import TokenSource
-from .dense_stream import FoldSums, row_blocks
+from .dense_stream import FoldSums, accumulate
 from .footprints import paint, token_coverage
 from .ridge import ALPHA_GRID, ALPHA_GROUPS, group_residuals
 
@@ -69,20 +69,6 @@ class StreamedRidge:
         return coef, self.y_mean - float(self.mean @ coef)
 
 
-def accumulate(source: TokenSource, coverage: torch.Tensor) -> tuple[FoldSums, torch.Tensor]:
-    """Sums of all training tokens against their coverage [n, N], around the first shard's mean token."""
-    sums, shift, first = None, None, 0
-    for shard in source.shards():
-        if sums is None:
-            shift = shard.tokens.reshape(-1, shard.tokens.shape[-1]).to(torch.float64).mean(0)
-            sums = FoldSums.zeros(len(shift))
-        y = coverage[first:first + len(shard.tokens)].reshape(-1).to(torch.float64)
-        for start, x in row_blocks(shard.tokens, shift):
-            sums.add(x, y[start:start + len(x)])
-        first += len(shard.tokens)
-    return sums, shift
-
-
 def sampled_images(n: int) -> torch.Tensor:
     """The images alpha is chosen on: the solver's `ALPHA_GROUPS` evenly spaced ones."""
     return torch.linspace(0, n - 1, min(n, ALPHA_GROUPS)).round().long().unique()
@@ -128,7 +114,7 @@ def fit_exact_streaming(train, test) -> tuple[torch.Tensor, torch.Tensor, torch.
     `train` and `test` are ProbeSplits (tokens read through their `source()`)."""
     height, width = train.masks.shape[1:]
     coverage = token_coverage(train.masks, train.footprints).to(torch.float64)
-    sums, shift = accumulate(train.source(), coverage)
+    (sums,), shift = accumulate(train.source(), coverage, fold_count=1)  # one fold: all training tokens
     ridge = StreamedRidge.from_sums(sums, shift)
     alpha = best_alpha(ridge, train.source(), coverage - ridge.y_mean)
     loio = loio_coverage(ridge, train.source(), coverage, alpha).float()

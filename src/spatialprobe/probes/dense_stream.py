@@ -73,16 +73,18 @@ def row_blocks(tokens: torch.Tensor, shift: torch.Tensor):
         yield start, rows[start:start + step].to(torch.float64) - shift
 
 
-def accumulate(source: TokenSource, coverage: torch.Tensor) -> tuple[list[FoldSums], torch.Tensor]:
-    """Per-fold sums of the training tokens against their coverage [n, N], and the shift they are around."""
+def accumulate(source: TokenSource, coverage: torch.Tensor,
+               fold_count: int = FOLDS) -> tuple[list[FoldSums], torch.Tensor]:
+    """Per-fold sums of the training tokens against their coverage [n, N] (image i in fold i % fold_count), and
+    the shift they are around (the first shard's mean token)."""
     folds, shift, first = None, None, 0
     for shard in source.shards():
         if folds is None:
             shift = shard.tokens.reshape(-1, shard.tokens.shape[-1]).to(torch.float64).mean(0)
-            folds = [FoldSums.zeros(len(shift)) for _ in range(FOLDS)]
+            folds = [FoldSums.zeros(len(shift)) for _ in range(fold_count)]
         images = torch.arange(first, first + len(shard.tokens))
-        for f in range(FOLDS):
-            mine = (images % FOLDS == f).nonzero().flatten()
+        for f in range(fold_count):
+            mine = (images % fold_count == f).nonzero().flatten()
             if len(mine):
                 y = coverage[images[mine]].reshape(-1).to(torch.float64)
                 for start, x in row_blocks(shard.tokens[mine], shift):

@@ -80,6 +80,21 @@ def stored_form(feats: TokenFeatures) -> TokenFeatures:
                          None if feats.times is None else host(feats.times, torch.float32))
 
 
+def feature_tensors(feats: TokenFeatures) -> dict[str, torch.Tensor]:
+    """A stage's tensors by the names a stored file gives them (extras as `extra.<name>`)."""
+    tensors = {"tokens": feats.tokens, "footprints": feats.footprints}
+    tensors.update({f"extra.{k}": v for k, v in feats.extra.items()})
+    if feats.times is not None:
+        tensors["times"] = feats.times
+    return tensors
+
+
+def features_from(tensors: dict[str, torch.Tensor], grid_shape: tuple[int, int] | None) -> TokenFeatures:
+    """`feature_tensors` back into features (extras in name order, as stored)."""
+    extra = {k.removeprefix("extra."): tensors[k] for k in sorted(tensors) if k.startswith("extra.")}
+    return TokenFeatures(tensors["tokens"], tensors["footprints"], grid_shape, extra, tensors.get("times"))
+
+
 def _checksum(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
     """crc32 of every metadata field but the checksum itself, then of each tensor's name, dtype, shape and bytes."""
     crc = zlib.crc32(json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True).encode())
@@ -105,10 +120,7 @@ class FeatureCache:
     def save(self, key: str, feats: TokenFeatures) -> TokenFeatures:
         """Store `feats` under `key`; returns them as stored (`stored_form`), so nothing needs reading back."""
         stored = stored_form(feats)
-        tensors = {"tokens": stored.tokens, "footprints": stored.footprints}
-        tensors.update({f"extra.{k}": v for k, v in stored.extra.items()})
-        if stored.times is not None:
-            tensors["times"] = stored.times
+        tensors = feature_tensors(stored)
         meta = {"format": FORMAT, "key": key, "grid_shape": json.dumps(list(feats.grid_shape) if feats.grid_shape else None)}
         meta["checksum"] = _checksum(tensors, meta)
         target = self.path(key)
@@ -157,9 +169,7 @@ class FeatureCache:
                 raise ValueError(f"cache entry {target} does not match its checksum")
             _VERIFIED.add(seen)
         grid = json.loads(meta["grid_shape"])
-        extra = {k.removeprefix("extra."): tensors[k] for k in sorted(tensors) if k.startswith("extra.")}
-        return TokenFeatures(tensors["tokens"], tensors["footprints"], tuple(grid) if grid else None, extra,
-                             tensors.get("times"))
+        return features_from(tensors, tuple(grid) if grid else None)
 
     # --- the per-shard index: which stages of a shard are stored, and what extracting it cost
 

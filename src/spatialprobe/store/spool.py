@@ -19,28 +19,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..features import TokenFeatures
-from .shards import stored_form
+from .shards import feature_tensors, features_from, stored_form
 
 #: bytes of features held in memory before the spool writes them away (about one stage of a large shard)
 SPILL_BYTES = 2**30
 
 
 def nbytes(feats: TokenFeatures) -> int:
-    tensors = [feats.tokens, feats.footprints, *feats.extra.values()] + ([] if feats.times is None else [feats.times])
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def as_tensors(feats: TokenFeatures) -> dict[str, torch.Tensor]:
-    tensors = {"tokens": feats.tokens, "footprints": feats.footprints}
-    tensors.update({f"extra.{k}": v for k, v in feats.extra.items()})
-    if feats.times is not None:
-        tensors["times"] = feats.times
-    return tensors
-
-
-def from_tensors(tensors: dict[str, torch.Tensor], grid_shape) -> TokenFeatures:
-    extra = {k.removeprefix("extra."): v for k, v in sorted(tensors.items()) if k.startswith("extra.")}
-    return TokenFeatures(tensors["tokens"], tensors["footprints"], grid_shape, extra, tensors.get("times"))
+    return sum(t.numel() * t.element_size() for t in feature_tensors(feats).values())
 
 
 class StageSpool:
@@ -82,7 +68,7 @@ class StageSpool:
                 if isinstance(part, TokenFeatures):
                     self.files += 1
                     path = self.folder / f"{self.files}.safetensors"
-                    save_file({k: v.contiguous() for k, v in as_tensors(part).items()}, path)
+                    save_file({k: v.contiguous() for k, v in feature_tensors(part).items()}, path)
                     parts[i] = path
         self.bytes_held = 0
 
@@ -92,7 +78,7 @@ class StageSpool:
         for part in self.held.pop(stage):
             if isinstance(part, Path):
                 with safe_open(part, framework="pt") as handle:
-                    part_feats = from_tensors({name: handle.get_tensor(name) for name in handle.keys()},
+                    part_feats = features_from({name: handle.get_tensor(name) for name in handle.keys()},
                                               self.grid_shapes[stage])
                 part.unlink()
                 part = part_feats

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import NoJobs, PlanContext, reference_fields, stage_source
+from . import NoJobs, PlanContext, cached_records, reference_fields, row_base, stage_source
 from .latent_alignment import REFERENCE_STAGE, reference_latents
 
 #: metric -> the per-image score it is the mean of
@@ -185,38 +185,30 @@ class AdapterJob:
     stage: str
     ctx: PlanContext
 
-    def keys(self, lpips_ok: bool) -> tuple[str, str]:
-        """(the result key, the training key): training does not depend on the bootstrap, the strip or LPIPS,
-        so re-scoring with those changed reuses the trained head from its checkpoint."""
-        from ..store.results import result_key
-
+    def key_fields(self, lpips_ok: bool) -> tuple[dict, dict]:
+        """(the result key's fields, the training key's fields): training does not depend on the bootstrap, the
+        strip or LPIPS, so re-scoring with those changed reuses the trained head from its checkpoint."""
         ctx, config = self.ctx, self.ctx.config
         adapter = config.alignment.adapter.model_dump()
         training = {k: v for k, v in adapter.items() if k != "strip_images"}
         common = dict(model=self.model.spec.key(), stage=self.stage, data=ctx.data.key(),
                       reference=ctx.reference.spec.key(), seed=config.seed)
-        return (result_key(task="adapter_bridging", adapter=adapter, bootstrap=config.bootstrap, lpips=lpips_ok,
-                           **common),
-                result_key(task="adapter_bridging.training", adapter=training, **common))
+        return (dict(task="adapter_bridging", adapter=adapter, bootstrap=config.bootstrap, lpips=lpips_ok, **common),
+                dict(task="adapter_bridging.training", adapter=training, **common))
 
     def checkpoint_dir(self, training_key: str) -> Path:
         return Path(self.ctx.results_root) / "adapters" / training_key
 
     def run(self) -> list[dict]:
         from ..metrics.perceptual import lpips_unavailable_reason
-        from ..store.results import ResultCache
+        from ..store.results import result_key
 
-        ctx, run, config = self.ctx, self.model, self.ctx.config
+        ctx = self.ctx
         reason = lpips_unavailable_reason()
-        key, training_key = self.keys(reason is None)
-        store = ResultCache(ctx.results_root)
-        rows = store.get(key)
-        if rows is None:
-            rows = self.measure(self.checkpoint_dir(training_key), reason)
-            store.put(key, rows)
-        base = {"model": run.name, "label": run.label, "family": run.family, "task": "adapter_bridging",
-                "seed": config.seed, "control": run.variant, "variant": run.variant, "stage": self.stage,
-                "ref_model": ctx.reference.name, "ref_stage": REFERENCE_STAGE, **reference_fields(ctx)}
+        fields, training = self.key_fields(reason is None)
+        rows = cached_records(ctx, lambda: self.measure(self.checkpoint_dir(result_key(**training)), reason), **fields)
+        base = {**row_base(self.model, "adapter_bridging", self.stage, ctx), "ref_model": ctx.reference.name,
+                "ref_stage": REFERENCE_STAGE, **reference_fields(ctx)}
         return [{**base, **r} for r in rows]
 
     def measure(self, checkpoint_dir: Path, lpips_reason: str | None) -> list[dict]:
