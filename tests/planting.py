@@ -41,3 +41,35 @@ def assert_peaks_in_planted_cells(backbone, plants: list[tuple[int, int]], cells
             inside = bool((footprint[:2] >= cell[:2] - 1e-6).all() and (footprint[2:] <= cell[2:] + 1e-6).all())
             assert inside, (f"{stage} image {image}: change peaks at token {found} {footprint.tolist()}, "
                             f"planted in cell {(row, col)} of {cells_per_side}x{cells_per_side}")
+
+
+def noise_square_clip(frames: int, frame: int, size: int, row: int, col: int, cell: int,
+                      background=(60, 60, 60)) -> list[Image.Image]:
+    """A plain clip of `frames` frames with a noise square in grid cell (row, col) of frame `frame` only
+    (frame -1: no square anywhere, the baseline)."""
+    plain = Image.new("RGB", (size, size), background)
+    return [noise_square_image(size, row, col, cell, background) if index == frame else plain.copy()
+            for index in range(frames)]
+
+
+def assert_peaks_in_planted_cells_in_time(backbone, plants: list[tuple[int, int, int]], frames: int,
+                                          cells_per_side: int, size: int, stages=None) -> None:
+    """Plant a noise square in grid cell (row, col) of frame `frame` only, for each (frame, row, col) of
+    `plants` (one clip each); at every stage, the token that changes most must lie inside the planted cell
+    and its `times` must cover that frame (frame i of F covers [i/F, (i+1)/F))."""
+    cell_px = size // cells_per_side
+    clips = [noise_square_clip(frames, frame, size, row, col, cell_px) for frame, row, col in plants]
+    marked = backbone.extract(clips, stages)
+    base = backbone.extract([noise_square_clip(frames, -1, size, 0, 0, cell_px)] * len(clips), stages)
+    for stage in marked:
+        assert marked[stage].times is not None, f"{stage}: clip tokens carry no times"
+        change = (marked[stage].tokens.float() - base[stage].tokens.float()).norm(dim=-1)  # [B, N]
+        for index, (frame, row, col) in enumerate(plants):
+            found = int(change[index].argmax())
+            footprint = marked[stage].footprints[index, found]
+            t0, t1 = marked[stage].times[index, found].tolist()
+            cell = torch.tensor([col, row, col + 1, row + 1]) / cells_per_side
+            inside = bool((footprint[:2] >= cell[:2] - 1e-6).all() and (footprint[2:] <= cell[2:] + 1e-6).all())
+            covers = t0 <= frame / frames + 1e-6 and (frame + 1) / frames <= t1 + 1e-6
+            assert inside and covers, (f"{stage} clip {index}: change peaks at token {found} {footprint.tolist()} "
+                                       f"times {[t0, t1]}, planted in cell {(row, col)} of frame {frame}/{frames}")

@@ -19,18 +19,24 @@ def dinov2(tmp_path_factory):
     return sp.load_backbone("dinov2", str(save_tiny("dinov2", tmp_path_factory.mktemp("dinov2"))))
 
 
+@pytest.fixture(scope="module")
+def owlvit(tmp_path_factory):
+    """A family that reads still images only (DINOv2 now reads clips frame by frame)."""
+    return sp.load_backbone("owlvit", str(save_tiny("owlvit", tmp_path_factory.mktemp("owlvit"))))
+
+
 def grey(size=56, colour=(60, 60, 60)):
     return Image.new("RGB", (size, size), colour)
 
 
 # --- samples and modalities ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("call", ["extract", "forward_features"])
-def test_a_clip_is_refused_by_an_image_family_before_any_compute(dinov2, call):
+def test_a_clip_is_refused_by_an_image_family_before_any_compute(owlvit, call):
     clip = [grey(), grey(colour=(90, 90, 90))]
-    with forward_calls(dinov2.model) as calls, pytest.raises(sp.SpatialProbeError) as info:
-        getattr(dinov2, call)([grey(), clip])
+    with forward_calls(owlvit.model) as calls, pytest.raises(sp.SpatialProbeError) as info:
+        getattr(owlvit, call)([grey(), clip])
     message = str(info.value)
-    assert "\n" not in message and "'dinov2'" in message and "image" in message and "clip" in message
+    assert "\n" not in message and "'owlvit'" in message and "image" in message and "clip" in message
     assert calls == []
 
 

@@ -10,7 +10,7 @@ from spatialprobe.runner import run
 #: families whose tiny checkpoints want options (defaults sized for real checkpoints)
 OPTIONS = {"detr": {"resolution": 128}, "grounding_dino": {"resolution": 128}, "ltx_video_vae": {"resolution": 128}}
 #: no tiny checkpoint can be built offline (remote code), or no checkpoint of its own
-NOT_TINY = {"pixels", "cogvlm2", "hybrid"}
+NOT_TINY = {"pixels", "cogvlm2", "cogvlm2_video", "hybrid"}
 TINY_FAMILIES = [f for f in FAMILIES if f not in NOT_TINY]
 
 

@@ -298,8 +298,10 @@ class Backbone:
         """Replace the weights by a fresh random initialization of the same architecture (a control)."""
         raise SpatialProbeError(f"{self.family} has no weights to randomize")
 
-    def describe(self) -> dict[str, Any]:
-        return {
+    def describe(self, clips: bool = False) -> dict[str, Any]:
+        """What the model is, for cache keys and manifests; `clips=True` (features of clips) adds how clips are
+        read (`clip_preprocessing`), so still-image descriptions, and the keys built from them, stay as they were."""
+        described = {
             "family": self.family,
             "name_or_path": self.name_or_path,
             "label": self.label,
@@ -308,6 +310,18 @@ class Backbone:
             "preprocessing": self.preprocessing(),
             "load": self.load_options.changes_features(),
         }
+        if clips:
+            described["clip_preprocessing"] = self.clip_preprocessing()
+        return described
+
+    # --- how clips are read (families whose `modalities` include "video") ---------------------------------
+    def clip_preprocessing(self) -> dict[str, Any]:
+        """Everything about reading clips that changes their features on top of `preprocessing()` (frames per
+        time step, padding, frame rate...): for the keys and manifests of clip features. Kept apart from
+        `preprocessing()` so the features already stored for still images keep their keys."""
+        if "video" not in self.modalities:
+            raise SpatialProbeError(f"model family {self.family!r} reads still images only, not clips")
+        return {}
 
 
 class HookedBackbone(Backbone):

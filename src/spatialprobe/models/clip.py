@@ -10,7 +10,7 @@ from .vit import VitTowerBackbone
 
 class ClipBackbone(VitTowerBackbone):
     family = "clip"
-    stage_summary = "vision.embed, vision.block.<i>"
+    stage_summary = "vision.embed, vision.block.<i> (clips frame by frame, time-major)"
     weights_source = "hub id or folder (CLIPModel or CLIPVisionModel)"
     offline_test = "yes (tiny)"
     model_class = CLIPVisionModel

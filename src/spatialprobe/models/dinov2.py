@@ -11,7 +11,7 @@ from .vit import VitTowerBackbone
 
 class Dinov2Backbone(VitTowerBackbone):
     family = "dinov2"
-    stage_summary = "vision.embed, vision.block.<i>"
+    stage_summary = "vision.embed, vision.block.<i> (clips frame by frame, time-major)"
     weights_source = "hub id or folder; installed:dinov2-small-imgfocus offline"
     offline_test = "yes (tiny)"
     model_class = Dinov2Model

@@ -17,6 +17,12 @@ Token layout (transformers 5.x `InternVLForConditionalGeneration`, checked by te
 Stages span several tiles, so grid_shape is None unless the tile grid is 1x1: the footprints carry the
 geometry (each fine tile's tokens cover their crop; the thumbnail's tokens cover the whole image coarsely).
 
+Clips, as InternVL's video chat reads them (checked by tests/test_video_internvl.py): every frame is resized
+whole to ONE tile (no crops, no thumbnail) and is one image for InternViT, frames in order; the prompt holds
+"Frame1: <img>...</img>\nFrame2: ..." before the question (the -hf processor's `<video>` expansion; the remote
+path writes "Frame{i}: <image>\n" lines as the model card's video example does). Every stage is time-major, a
+frame's tokens in raster order, each token's `times` its frame's interval; CLS goes to `extra["cls"]` [B, F, C].
+
 The original checkpoints (OpenGVLab/InternVL2-*, `InternVLChatModel`) ship their own code; with
 trust_remote_code they are traced by module path (vision_model.embeddings, vision_model.encoder.layers, the
 model's pixel_shuffle, mlp1, language_model.model.layers) with their own preprocessing (tiles normalized with
@@ -27,7 +33,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -35,8 +41,9 @@ from PIL import Image
 
 from ..errors import SpatialProbeError
 from ..features import TokenFeatures, grid_footprints
-from .base import HookedBackbone
-from .layout import check_multiple, gather_tokens, standard_stages, token_positions
+from .base import HookedBackbone, Sample, is_clip
+from .frames import check_context, clip_lengths, llm_context
+from .layout import check_multiple, clip_grid_features, gather_tokens, standard_stages, step_times, token_positions
 
 QUESTION = "<|im_start|>user\n{image}\n{question}<|im_end|>\n<|im_start|>assistant\n"  # the -hf chat template
 DESCRIBE = "Describe the image."
@@ -89,6 +96,13 @@ class Layout:
 
 
 @dataclass
+class ClipLayout:
+    batch: int
+    frames: int  # one tile per frame
+    image_positions: torch.Tensor  # [B, M] positions of the frames' image-context tokens in the LLM sequence
+
+
+@dataclass
 class Parts:
     """The modules (and the pixel-shuffle owner) of one checkpoint layout, native or remote code."""
 
@@ -109,6 +123,7 @@ def parse_tile_grid(tile_grid) -> tuple[int, int]:
 
 class InternVLBackbone(HookedBackbone):
     family = "internvl"
+    modalities = ("image", "video")
     stage_summary = ("vision.embed, vision.block.<i> (per tile, CLS in extra), projector.pixel_shuffle (2x2 into "
                      "channels), projector.out, llm.layer.<i> (image tokens); tiles row-major + thumbnail, no grid")
     weights_source = ("hub id or folder (OpenGVLab/InternVL3-*-hf); original OpenGVLab/InternVL2-* "
@@ -208,6 +223,15 @@ class InternVLBackbone(HookedBackbone):
                 "prompt": self._prompt(DESCRIBE).replace(IMG_CONTEXT * self.tokens_per_tile * self.tiling.count,
                                                          f"{IMG_CONTEXT}*{self.tokens_per_tile * self.tiling.count}")}
 
+    def clip_preprocessing(self) -> dict[str, Any]:
+        # frames are normalized by the -hf checkpoint's video processor, or as tiles are by the remote code
+        mean, std = self.image_mean, self.image_std
+        if not self.remote:
+            mean, std = self.processor.video_processor.image_mean, self.processor.video_processor.image_std
+        return {"clip": "every frame resized whole to one tile (no crops, no thumbnail)",
+                "prompt": "'FrameN: <img>...</img>' per frame, then the question",
+                "video_mean": list(map(float, mean)), "video_std": list(map(float, std))}
+
     # --- inputs -----------------------------------------------------------------------------------
     def _resized(self, images: list[Image.Image]) -> list[Image.Image]:
         return [im.convert("RGB").resize(self.tiling.image_size, Image.BICUBIC) for im in images]
@@ -245,15 +269,55 @@ class InternVLBackbone(HookedBackbone):
         return self.move_inputs(inputs)
 
     def _remote_pixels(self, resized: list[Image.Image]) -> torch.Tensor:
+        return self._remote_tile_pixels([tile for image in resized for tile in self.tiling.crops(image)])
+
+    def _remote_tile_pixels(self, tiles: list[Image.Image]) -> torch.Tensor:
         """The original checkpoints' preprocessing of each tile: to [0, 1], ImageNet mean/std."""
-        tiles = [np.asarray(tile, dtype=np.float32) / 255.0 for image in resized for tile in self.tiling.crops(image)]
-        pixels = (np.stack(tiles) - np.array(self.image_mean, np.float32)) / np.array(self.image_std, np.float32)
+        arrays = [np.asarray(tile, dtype=np.float32) / 255.0 for tile in tiles]
+        pixels = (np.stack(arrays) - np.array(self.image_mean, np.float32)) / np.array(self.image_std, np.float32)
         return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
 
-    def prepare(self, images: list[Image.Image]) -> tuple[dict[str, Any], Layout]:
+    def prepare(self, images: list[Sample]) -> tuple[dict[str, Any], Layout | ClipLayout]:
+        if is_clip(images[0]):
+            inputs = self._clip_inputs(images, DESCRIBE)
+            positions = token_positions(inputs["input_ids"] == self.image_token_id)
+            return inputs, ClipLayout(len(images), len(images[0]), positions)
         inputs = self._inputs(images, DESCRIBE)
         positions = token_positions(inputs["input_ids"] == self.image_token_id)
         return inputs, Layout(len(images), positions)
+
+    # --- clips: one tile per frame ------------------------------------------------------------------
+    def check_modalities(self, samples: Sequence[Sample]) -> None:
+        super().check_modalities(samples)
+        frames = clip_lengths(self.family, samples)
+        if frames is not None:
+            config = self.model.config
+            llm = getattr(config, "text_config", None) or getattr(config, "llm_config", None)
+            per_frame = self.tokens_per_tile + 6  # + "FrameN: <img>", "</img>" and the newline
+            check_context(self.family, self.name_or_path, frames, frames * per_frame, llm_context(llm))
+
+    def _clip_prompt(self, frames: int, question: str) -> str:
+        if not self.remote:  # the processor expands <video> into "Frame1: <img>...</img>\nFrame2: ..."
+            return QUESTION.format(image=self.processor.video_token, question=question)
+        template = self._remote_template()
+        template.append_message(template.roles[0], "".join(f"Frame{i + 1}: <image>\n" for i in range(frames)) + question)
+        template.append_message(template.roles[1], None)
+        return template.get_prompt().replace("<image>", IMG_START + IMG_CONTEXT * self.tokens_per_tile + IMG_END)
+
+    def _clip_inputs(self, clips: list[Sample], question: str) -> dict[str, Any]:
+        tile, frames = self.tiling.tile, len(clips[0])
+        resized = [[frame.convert("RGB").resize((tile, tile), Image.BICUBIC) for frame in clip] for clip in clips]
+        prompts = [self._clip_prompt(frames, question)] * len(clips)
+        if self.remote:
+            inputs = dict(self.processor(prompts, return_tensors="pt"))
+            inputs["pixel_values"] = self._remote_tile_pixels([frame for clip in resized for frame in clip])
+        else:
+            inputs = self.processor(text=prompts, videos=resized, return_tensors="pt",
+                                    videos_kwargs={"do_resize": False, "size": {"height": tile, "width": tile}})
+        if inputs["pixel_values"].shape[0] != len(clips) * frames:
+            raise RuntimeError(f"{self.label}: preprocessing made {inputs['pixel_values'].shape[0]} tiles for "
+                               f"{len(clips)} clips of {frames} frames, expected one per frame")
+        return self.move_inputs(inputs)
 
     def run(self, inputs: dict[str, Any]) -> None:
         owner = self.parts.shuffle_owner
@@ -281,8 +345,11 @@ class InternVLBackbone(HookedBackbone):
         s = int(round(count ** 0.5))
         return merged.reshape(n, s, s, channels).transpose(1, 2).reshape(n, count, channels)
 
-    def to_features(self, stage: str, raw: torch.Tensor, layout: Layout) -> TokenFeatures:
-        batch, tiles = layout.batch, self.tiling.count
+    def _tile_tokens(self, stage: str, raw: torch.Tensor, layout: Layout | ClipLayout,
+                     tiles: int) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
+        """[B, tiles * side^2, C] tokens, tile after tile, each tile's raster in raster order; the raster's side;
+        CLS per tile at the vision stages."""
+        batch = layout.batch
         extra = {}
         if stage.startswith("vision."):
             side = self.side
@@ -297,8 +364,15 @@ class InternVLBackbone(HookedBackbone):
             per_tile = self._raster(per_tile.reshape(batch * tiles, side * side, raw.shape[-1]))
         if per_tile.shape[1] != side * side:
             raise RuntimeError(f"{self.label} {stage}: {per_tile.shape[1]} tokens per tile, expected {side}^2")
-        tokens = per_tile.reshape(batch, tiles * side * side, -1).float()
-        footprints = self.tiling.footprints(side).expand(batch, -1, -1).contiguous()
+        return per_tile.reshape(batch, tiles * side * side, -1).float(), side, extra
+
+    def to_features(self, stage: str, raw: torch.Tensor, layout: Layout | ClipLayout) -> TokenFeatures:
+        if isinstance(layout, ClipLayout):  # one tile per frame, the whole frame
+            tokens, side, extra = self._tile_tokens(stage, raw, layout, layout.frames)
+            return clip_grid_features(tokens, side, side, step_times(layout.frames, 1), extra)
+        tiles = self.tiling.count
+        tokens, side, extra = self._tile_tokens(stage, raw, layout, tiles)
+        footprints = self.tiling.footprints(side).expand(layout.batch, -1, -1).contiguous()
         grid_shape = (side, side) if tiles == 1 else None
         return TokenFeatures(tokens, footprints, grid_shape, extra)
 

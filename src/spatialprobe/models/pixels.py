@@ -15,12 +15,12 @@ from ..errors import SpatialProbeError
 from ..features import TokenFeatures
 from .base import Backbone
 from .layout import grid_features
-from .vit import resize_whole
+from .vit import FramesAsTimeSteps, resize_whole
 
 
-class PixelsBackbone(Backbone):
+class PixelsBackbone(FramesAsTimeSteps, Backbone):
     family = "pixels"
-    stage_summary = "vision.embed (raw patch pixels)"
+    stage_summary = "vision.embed (raw patch pixels; clips frame by frame, time-major)"
     weights_source = "none"
     offline_test = "yes"
     label = "raw pixels (control)"

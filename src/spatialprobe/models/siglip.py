@@ -10,7 +10,7 @@ from .vit import VitTowerBackbone
 
 class SiglipBackbone(VitTowerBackbone):
     family = "siglip"
-    stage_summary = "vision.embed, vision.block.<i>"
+    stage_summary = "vision.embed, vision.block.<i> (clips frame by frame, time-major)"
     weights_source = "hub id or folder"
     offline_test = "yes (tiny)"
     model_class = SiglipVisionModel

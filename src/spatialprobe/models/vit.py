@@ -2,18 +2,23 @@
 
 Images are resized here, whole and uncropped, to `resolution` x `resolution`, and the processor only
 normalizes: so a token's footprint is an exact cell of the original image.
+
+Clips are read frame by frame (`FramesAsTimeSteps`, which the pixels control shares): every frame of a batch's
+clips goes through the still-image path as one batch of images, and each stage comes back time-major, frame f's
+raster with times [f/F, (f+1)/F).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import torch
 from PIL import Image
 
 from ..errors import SpatialProbeError
 from ..features import TokenFeatures
-from .base import HookedBackbone
-from .layout import grid_features, standard_stages
+from .base import HookedBackbone, Sample
+from .frames import clip_lengths
+from .layout import frames_as_time_steps, grid_features, standard_stages
 
 
 def resize_whole(images: list[Image.Image], size: int) -> list[Image.Image]:
@@ -28,7 +33,37 @@ def whole_image_preprocessing(image_processor, resolution: int, **facts) -> dict
             "image_std": list(map(float, image_processor.image_std))}
 
 
-class VitTowerBackbone(HookedBackbone):
+class FramesAsTimeSteps:
+    """Mixin (before the backbone class in the bases) for an image family that reads a clip frame by frame.
+
+    A batch of still images takes the family's own path, untouched. A batch of clips (all of one length, no still
+    images among them: one line otherwise, before compute) runs as ONE batch of all their frames through that same
+    path, so a frame's tokens are exactly the tokens of that frame read as an image; every stage then comes back
+    time-major, one time step per frame (`layout.frames_as_time_steps`).
+    """
+
+    modalities = ("image", "video")
+
+    def check_modalities(self, samples: Sequence[Sample]) -> None:
+        super().check_modalities(samples)
+        clip_lengths(self.family, samples)
+
+    def forward_features(self, samples: Sequence[Sample], stages: Iterable[str] | None = None,
+                         grad: bool = False) -> dict[str, TokenFeatures]:
+        frames = clip_lengths(self.family, samples)
+        if frames is None:
+            return super().forward_features(samples, stages, grad)
+        self.check_modalities(samples)
+        every_frame = [frame for clip in samples for frame in clip]
+        per_frame = super().forward_features(every_frame, stages, grad)
+        return {stage: frames_as_time_steps(f, len(samples), frames) for stage, f in per_frame.items()}
+
+    def clip_preprocessing(self) -> dict[str, Any]:
+        return {"clip": "frame by frame: every frame read as a still image (preprocessing), one time step per frame; "
+                        "tokens time-major, extras per frame in time order"}
+
+
+class VitTowerBackbone(FramesAsTimeSteps, HookedBackbone):
     """A ViT whose sequence is [special tokens..., patch tokens in raster order]."""
 
     model_class: Any = None

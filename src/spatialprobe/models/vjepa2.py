@@ -1,4 +1,4 @@
-"""V-JEPA 2 (transformers' VJEPA2Model): the video encoder of the latent-prediction line, read on still images.
+"""V-JEPA 2 (transformers' VJEPA2Model): the video encoder of the latent-prediction line, on still images and clips.
 
 Token layout (transformers 5.x, checked by the tests):
 - Input is a clip [B, T, C, H, W]; a Conv3d of kernel = stride = (tubelet_size, patch, patch) makes one
@@ -7,6 +7,10 @@ Token layout (transformers 5.x, checked by the tests):
   (crop_size / patch)-wide grid, so the resolution is the config's crop size.
 - An image is fed as a still clip: the image repeated `tubelet_size` times. That makes exactly one
   temporal slot, so every stage is one (R/patch) x (R/patch) raster in raster order.
+- A clip of F frames (F a multiple of `tubelet_size`; one line otherwise, before compute: the Conv3d would drop
+  the frames left over) is read as it is, every frame resized whole: T = F / tubelet_size time steps, tokens
+  time-major (the Conv3d's own order), step t's tokens with times [t*k/F, (t+1)*k/F) for tubelet size k. The
+  RoPE's time ids are the token's step (no learned table), so any number of steps is read.
 - `vision.embed` is the patch embedding's output, `vision.block.<i>` the encoder layers' (the last
   before the encoder's final LayerNorm). The predictor (which predicts masked latents) is not a
   feature stage and never runs: the forward skips it and stops after the deepest requested layer.
@@ -14,22 +18,24 @@ Token layout (transformers 5.x, checked by the tests):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..errors import SpatialProbeError
 from ..features import TokenFeatures
-from .base import HookedBackbone
-from .layout import grid_features, standard_stages
+from .base import HookedBackbone, Sample
+from .frames import clip_lengths
+from .layout import clip_grid_features, grid_features, standard_stages, step_times
 from .vit import resize_whole, whole_image_preprocessing
 
 
 class VJepa2Backbone(HookedBackbone):
     family = "vjepa2"
-    stage_summary = "vision.embed, vision.block.<i> (encoder; image as a still clip of tubelet_size frames: one grid)"
+    modalities = ("image", "video")
+    stage_summary = ("vision.embed, vision.block.<i> (encoder; image as a still clip of tubelet_size frames: one grid; "
+                     "clips of k*tubelet_size frames: one time step per tubelet, time-major)")
     weights_source = "hub id or folder (facebook/vjepa2-vit*-fpc*-*)"
     offline_test = "yes (tiny)"
 
@@ -58,19 +64,41 @@ class VJepa2Backbone(HookedBackbone):
         return whole_image_preprocessing(self.processor, self.resolution, patch_size=self.patch,
                 clip=f"the image repeated {self.frames} frames (tubelet_size): one temporal token slot")
 
-    def prepare(self, images: list[Image.Image]) -> tuple[dict[str, Any], None]:
-        clips = [np.stack([np.asarray(image)] * self.frames) for image in resize_whole(images, self.resolution)]
+    def clip_preprocessing(self) -> dict[str, Any]:
+        return {"clip": f"every frame resized whole; a multiple of {self.frames} frames (tubelet_size), one time "
+                        "step per tubelet; tokens time-major"}
+
+    def check_modalities(self, samples: Sequence[Sample]) -> None:
+        """Clips of one length, a multiple of the tubelet size (the Conv3d drops what is left): one line, before
+        compute."""
+        super().check_modalities(samples)
+        frames = clip_lengths(self.family, samples)
+        if frames is not None and frames % self.frames:
+            raise SpatialProbeError(f"{self.family}: a clip of {frames} frames; {self.name_or_path!r} reads clips "
+                                    f"of a multiple of {self.frames} frames (tubelet_size): trim or pad the clip")
+
+    def prepare(self, images: list[Sample]) -> tuple[dict[str, Any], int | None]:
+        """Model inputs, and the clips' frame count (None for still images)."""
+        frames = clip_lengths(self.family, images)
+        if frames is None:
+            clips = [np.stack([np.asarray(image)] * self.frames) for image in resize_whole(images, self.resolution)]
+        else:
+            clips = [np.stack([np.asarray(f) for f in resize_whole(list(clip), self.resolution)]) for clip in images]
         pixels = self.processor(videos=clips, do_resize=False, do_center_crop=False,
                                 return_tensors="pt")["pixel_values_videos"]
-        return self.move_inputs({"pixel_values_videos": pixels}), None
+        return self.move_inputs({"pixel_values_videos": pixels}), frames
 
     def run(self, inputs: dict[str, Any]) -> None:
         self.model(**inputs, skip_predictor=True)
 
-    def to_features(self, stage: str, raw: torch.Tensor, layout: None) -> TokenFeatures:
-        if raw.shape[1] != self.side * self.side:
-            raise RuntimeError(f"{self.label} {stage}: {raw.shape[1]} tokens, expected one {self.side}^2 grid")
-        return grid_features(raw, self.side, self.side)
+    def to_features(self, stage: str, raw: torch.Tensor, frames: int | None) -> TokenFeatures:
+        steps = 1 if frames is None else frames // self.frames
+        if raw.shape[1] != steps * self.side * self.side:
+            raise RuntimeError(f"{self.label} {stage}: {raw.shape[1]} tokens, expected {steps} time step(s) of a "
+                               f"{self.side}^2 grid")
+        if frames is None:
+            return grid_features(raw, self.side, self.side)
+        return clip_grid_features(raw, self.side, self.side, step_times(frames, self.frames))
 
     @classmethod
     def save_tiny(cls, path: Path, seed: int = 0) -> None:

@@ -47,7 +47,8 @@ def save_tiny_internvl(path: Path, seed: int = 0) -> None:
         model.model.vision_tower.embeddings.position_embeddings.normal_(0, 0.02)
     model.save_pretrained(path)
     size = {"height": TILE, "width": TILE}
-    image_processor = GotOcr2ImageProcessor(size=size, crop_to_patches=True, min_patches=1, max_patches=12,
-                                            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    imagenet = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+    image_processor = GotOcr2ImageProcessor(size=size, crop_to_patches=True, min_patches=1, max_patches=12, **imagenet)
+    # frames are normalized as image tiles are (InternVL's video chat reads each frame as an image tile)
     InternVLProcessor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=TOKENS_PER_TILE,
-                      video_processor=InternVLVideoProcessor(size=size)).save_pretrained(path)
+                      video_processor=InternVLVideoProcessor(size=size, **imagenet)).save_pretrained(path)
