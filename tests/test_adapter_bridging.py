@@ -1,11 +1,12 @@
 """The adapter_bridging task: end to end on tiny models (a tiny LTX VAE as the reference), a killed and resumed
-training giving the same rows, and a known answer on a VAE whose decode is informative.
+training giving the same rows, and a known answer on a VAE whose decode is exact.
 
-The tiny LTX VAE has random weights: it decodes every latent to almost the same picture, so its floor and ceiling
-nearly coincide and cannot say whether the reconstruction beats the mean latent. The known answer therefore
-scores through `LinearVae`, an exact linear autoencoder with the VAE's interface (8x8-pixel colour means,
-packed 4x4 per latent cell, spread over 128 channels): there the ceiling is far above the floor, and an
-adapter fed the latents themselves must reach it."""
+The tiny LTX VAE's decoder is fitted on synthetic shapes (models/tiny/ltx_video_vae.py), so its reconstruction is
+about 4 dB above the decoded mean latent on these images: every adapter must land strictly between that floor
+and that ceiling, which a wrong token layout, latent normalization or decode would not. The known answer also
+scores through `LinearVae`, an exact linear autoencoder with the VAE's interface (8x8-pixel colour means, packed
+4x4 per latent cell, spread over 128 channels): there an adapter fed the latents themselves must reach the
+ceiling."""
 import base64
 import io
 import json
@@ -26,8 +27,9 @@ from spatialprobe.store.sources import InMemorySource
 from spatialprobe.tasks import PlanContext
 from spatialprobe.tasks.adapter_bridging import AdapterJob, decoded_scores, metric_records, split_inputs
 
-SHAPES = {"n_train": 24, "n_val": 0, "n_test": 12, "image_size": 128, "preset": "easy"}
-STEPS, STRIP = 30, 3
+# palette colours on plain backgrounds: the reconstruction beats the mean latent by ~4 dB (on `easy`, ~1 dB)
+SHAPES = {"n_train": 48, "n_val": 0, "n_test": 12, "image_size": 128}
+STEPS, STRIP, EVERY = 150, 3, 25
 RUNS = {"pixels", "dino-tiny", "dino-tiny [random init]"}
 
 
@@ -40,7 +42,7 @@ def bridging_config(cache: Path) -> dict:
         "probes": ["dense"],
         "tasks": ["adapter_bridging"],
         "alignment": {"reference": {"path": "tiny", "options": {"resolution": 128}},
-                      "adapter": {"steps": STEPS, "batch_size": 8, "target_params": 20_000, "checkpoint_every": 5,
+                      "adapter": {"steps": STEPS, "batch_size": 8, "lr": 3e-3, "target_params": 20_000, "checkpoint_every": EVERY,
                                   "strip_images": STRIP}},
         "bootstrap": 60, "shard_size": 16, "cache_dir": str(cache), "verify": "off",
     }
@@ -77,17 +79,18 @@ def test_every_run_has_psnr_and_ssim_rows_with_interval_floor_and_ceiling(bridge
     manifest = json.loads((run_dir / "manifest.json").read_text())
     rows = adapter_rows(run_dir)
     assert {r["model"] for r in rows} == RUNS and not [r for r in rows_of(run_dir) if r["model"] == "reference"]
-    slack = {"psnr_adapter": 1.0, "ssim_adapter": 0.05}  # 30 steps: the head may sit a little under its floor
     for model in RUNS:
         mine = {r["metric"]: r for r in rows if r["model"] == model}
         assert set(mine) == {"psnr_adapter", "ssim_adapter", "lpips_adapter"}, model
         assert len({r["stage"] for r in mine.values()}) == 1
         assert next(iter(mine.values()))["stage"] == manifest["models"][model]["stages"][-1]  # the judged stage
-        for metric, margin in slack.items():
+        assert mine["psnr_adapter"]["ceiling"] - mine["psnr_adapter"]["floor"] > 2  # an informative VAE
+        for metric in ("psnr_adapter", "ssim_adapter"):
             r = mine[metric]
             assert r["probe"] == "conv" and r["ref_model"] == "reference" and r["ref_stage"] == "vae.latent"
             assert r["ci_low"] <= r["value"] <= r["ci_high"] and r["n"] == SHAPES["n_test"]
-            assert min(r["floor"], r["ceiling"]) - margin <= r["value"] <= max(r["floor"], r["ceiling"]) + margin
+            # 48 training images, 150 steps: every head beats the mean latent and stays under the VAE's own decode
+            assert r["floor"] < r["value"] < r["ceiling"], (model, metric, r["floor"], r["value"], r["ceiling"])
             assert 1000 <= r["params"] <= 200_000 and r["steps"] == STEPS  # the narrowest head: 32 wide
             assert len(r["loss_curve"]) <= 50 and r["loss_curve"][-1] == [STEPS, r["final_loss"]]
 
@@ -122,14 +125,14 @@ def test_a_killed_training_resumes_from_its_checkpoint_and_gives_the_same_rows(b
     real = bridging.train_adapter
 
     def killed(*args, **kwargs):
-        real(*args, **kwargs, stop_after=7)
-        raise KeyboardInterrupt  # what a kill after step 7 leaves: the checkpoint of step 5
+        real(*args, **kwargs, stop_after=EVERY + 5)
+        raise KeyboardInterrupt  # what a kill 5 steps after a checkpoint leaves: that checkpoint
 
     monkeypatch.setattr(bridging, "train_adapter", killed)
     with pytest.raises(KeyboardInterrupt):
         job.run()
     folders = list((tmp_path / "results" / "adapters").iterdir())
-    assert [p.name for f in folders for p in f.iterdir()] == ["step-000000005.pt"]
+    assert [p.name for f in folders for p in f.iterdir()] == [f"step-{EVERY:09d}.pt"]
     monkeypatch.setattr(bridging, "train_adapter", real)
     resumed = job.run()
 

@@ -60,10 +60,10 @@ def test_the_decision_reads_spatial_cka_at_the_judged_stage_but_never_against_a_
     run_dir, _ = aligned
     manifest = json.loads((run_dir / "manifest.json").read_text())
     rows = rows_of(run_dir)
-    # against the tiny random VAE the numbers are measured but no evidence: the verdict leaves them out
+    # against the tiny VAE the numbers are measured but no evidence: the verdict leaves them out
     verdict = run_verdict(manifest, rows)
     cka = next(v for v in verdict.per_model if v.model == "dino-tiny").judgement("cka")
-    assert cka.status == "missing" and "tiny random VAE" in cka.unavailable and "cka" in verdict.missing
+    assert cka.status == "missing" and "tiny VAE" in cka.unavailable and "cka" in verdict.missing
     # the same rows from a real reference are judged: spatial CKA at the judged stage
     real = [{k: v for k, v in r.items() if k != "not_judged"} for r in rows]
     cka = next(v for v in run_verdict(manifest, real).per_model if v.model == "dino-tiny").judgement("cka")
