@@ -36,16 +36,27 @@ ARCHITECTURE_ALONE = "met by the architecture alone"
 
 
 def judged_models(manifest: dict) -> dict[str, list[str]]:
-    """The models a decision is about: configured models, not controls."""
+    """The models a decision is about: configured models and their fine-tuned (`lora:<id>`) variants, not controls."""
+    from ..decision import judged_variant
+
     return {name: info.get("stages", []) for name, info in manifest.get("models", {}).items()
-            if info.get("control", "none") == "none"}
+            if judged_variant(info.get("control", "none"))}
+
+
+def tuned_from(manifest: dict) -> dict[str, str]:
+    """Fine-tuned variant -> the model it tunes, from the manifest entries' `base`."""
+    from ..decision import is_tuned
+
+    return {name: info["base"] for name, info in manifest.get("models", {}).items()
+            if is_tuned(info.get("control", "none")) and info.get("base")}
 
 
 def run_verdict(manifest: dict, results: list[dict]):
     from ..decision import DecisionConfig, decide
 
     config = DecisionConfig.model_validate(manifest.get("config", {}).get("decision", {}))
-    return decide(results, judged_models(manifest), config)  # the controls' rows give the margins
+    # the controls' rows give the margins
+    return decide(results, judged_models(manifest), config, tuned_from(manifest))
 
 
 def unavailable_notes(results: list[dict]) -> list[str]:
@@ -60,9 +71,27 @@ def verdict_section(manifest: dict, results: list[dict]) -> str:
     certainty = "" if verdict.certain else ' <span class="uncertain">(uncertain)</span>'
     reasons = "".join(f"<li>{e(r)}</li>" for r in verdict.reasons + unavailable_notes(results))
     rests = e(", ".join(verdict.rests_on) or "nothing measured")
+    whole = "".join(f"<li>{e(line)}</li>" for line in decision_lines(manifest, verdict))
     return (f'<div class="verdict"><h2>Verdict: {e(verdict.action)}{named}{certainty}</h2>'
             f'<p>Decision-matrix row: <b>{e(verdict.outcome)}</b>. It rests on: {rests}.</p>'
-            f"<ul>{reasons}</ul></div>{criteria_table(verdict)}")
+            f"<ul>{reasons}</ul>{f'<p>The rest of the decision (proposal 8.1, 8.3, 9.3):</p><ul>{whole}</ul>' if whole else ''}"
+            f"</div>{criteria_table(verdict)}")
+
+
+def decision_lines(manifest: dict, verdict) -> list[str]:
+    """Phase 1 (8.1), overall success (8.3) and the decision points (9.3), as plain text (escaped by the caller)."""
+    from ..decision import DecisionConfig
+
+    if verdict.phase1 is None:  # no verdict: nothing of it rests on anything
+        return []
+    config = DecisionConfig.model_validate(manifest.get("config", {}).get("decision", {}))
+    lines = [verdict.phase1.text(config.phase_gate)]
+    success = verdict.success
+    if success is not None:
+        about = f" for {success.model}" if success.model else ""
+        lines.append(f"Overall success (8.3){about}: {success.status} — {'; '.join(success.reasons)}")
+    lines += [f"{when}, {question} {answer}" for when, question, answer in verdict.decision_points]
+    return lines
 
 
 def value_text(j) -> str:
@@ -216,7 +245,7 @@ def render_markdown(manifest: dict, results: list[dict]) -> str:
              *([f"**{md(incomplete_note(manifest))}**", ""] if incomplete_note(manifest) else []),
              f"**Verdict: {md(verdict.action)}{named}**{'' if verdict.certain else ' (uncertain)'}", "",
              f"Decision-matrix row: *{md(verdict.outcome)}*. Rests on: {rests}.", ""]
-    lines += [f"- {md(r)}" for r in verdict.reasons + unavailable_notes(results)]
+    lines += [f"- {md(r)}" for r in verdict.reasons + unavailable_notes(results) + decision_lines(manifest, verdict)]
     lines += ["", "| " + " | ".join(md(h) for h in CRITERIA_COLUMNS) + " |", "|" + "---|" * len(CRITERIA_COLUMNS)]
     for v in verdict.per_model:
         lines += ["| " + " | ".join(md(cell) for cell in cells) + " |" for cells in criteria_rows(v)]
