@@ -17,7 +17,8 @@ from the spec and the checkpoint's own files:
 
 In the key, because they change the numbers: family, the checkpoint's files (not the folder's name:
 a copy of a checkpoint shares its features), revision, adapter options, dtype, quantization,
-variant (none | random_init | pixels | lora:<id>), the seed of a random_init copy, and a hybrid's
+variant (none | random_init | pixels | lora:<id>), the seed of a random_init copy, a lora variant's adapter
+(the SHA-256 of its files, not its folder's path), and a hybrid's
 parts (each by its own key) and their stages. Not in the key: the display label (renaming a model
 must not re-extract it; presets such as Mod A and Mod B read the baseline's checkpoint and so share
 its features), the device (placement, not identity), and device_map, trust_remote_code and
@@ -79,6 +80,19 @@ class ModelSpec:
     seed: int = 0  # random_init only
     parts: tuple["ModelSpec", ...] = ()  # hybrid; their names and stages are the option "parts"
     pool: int = 1  # raster stages stored averaged over pool x pool tokens (1: as the model gives them)
+    #: lora:<id> only: the Mod C adapter folder (peft `save_pretrained`). Its path is not in the key, its content is
+    adapter: str | None = None
+
+    def __post_init__(self) -> None:
+        from .errors import SpatialProbeError
+
+        tuned = self.variant.startswith("lora:")
+        if tuned and (not self.variant[5:] or not self.adapter):
+            raise SpatialProbeError(f"model {self.path!r}: variant {self.variant!r} needs an id (lora:<id>) and "
+                                    "its adapter folder")
+        if self.adapter and not tuned:
+            raise SpatialProbeError(f"model {self.path!r}: an adapter folder is read by a lora:<id> variant only, "
+                                    f"not {self.variant!r}")
 
     def key(self) -> str:
         """A hash of what the numbers depend on (see the module docstring); loads nothing."""
@@ -93,6 +107,10 @@ class ModelSpec:
             parts["seed"] = self.seed
         if self.pool > 1:  # absent at 1, so the keys of unpooled models stay as they were
             parts["pool"] = self.pool
+        if self.adapter:  # the adapter's bytes, so a retrained adapter gets its own features
+            from .finetune.variant import adapter_fingerprint
+
+            parts["adapter"] = adapter_fingerprint(self.adapter)
         if self.parts:
             parts["parts"] = [part.key() for part in self.parts]
         elif self.variant != "pixels":
@@ -237,7 +255,8 @@ class SpecRun:
     label: str | None
     spec: ModelSpec
     stages: tuple[str, ...] | None
-    control: str  # none | random_init | pixels
+    control: str  # none | random_init | pixels | lora:<id> | reference
+    base: str | None = None  # lora:<id> only: the run (configured model) it fine-tunes
 
     @property
     def family(self) -> str:
@@ -271,7 +290,29 @@ def spec_runs(config, resolve: Callable[[str, str], str] = unresolved, trust_rem
             spec = ModelSpec.from_config(model, path, config.dtype, "random_init",
                                          config.seed + RANDOM_INIT_SEED_OFFSET, part_paths)
             runs.append(SpecRun(f"{model.name} [random init]", None, spec, stages, "random_init"))
-    return runs + reference_runs(config, resolve)
+    return runs + tuned_runs(config, runs) + reference_runs(config, resolve)
+
+
+def tuned_runs(config, runs: list[SpecRun]) -> list[SpecRun]:
+    """Mod C: one run per model of `finetune.models`, after the configured ones (`runs`): the base's spec with
+    variant lora:<id> and its adapter folder (`finetune.runs.adapter_home`), the base's stages, `base` naming it."""
+    from dataclasses import replace
+
+    from .finetune.runs import TUNED_SUFFIX, adapter_home, adapter_id, tuned_name
+
+    if config.finetune is None:
+        return []
+    by_name = {r.name: r for r in runs if r.control == "none"}
+    tuned = []
+    for model in config.finetune.models:
+        base = by_name.get(model)  # the config checked the name; a Phase 1 gate may have dropped the model
+        if base is None:
+            continue
+        ident = adapter_id(config, base.spec)
+        spec = replace(base.spec, variant=f"lora:{ident}", adapter=str(adapter_home(config, model, ident) / "adapter"))
+        label = f"{base.label}{TUNED_SUFFIX}" if base.label else None  # unset: the runner's label of the base, marked
+        tuned.append(SpecRun(tuned_name(model), label, spec, base.stages, spec.variant, base=model))
+    return tuned
 
 
 def reference_runs(config, resolve: Callable[[str, str], str] = unresolved) -> list[SpecRun]:
