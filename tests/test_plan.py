@@ -118,3 +118,39 @@ def test_stored_shards_are_cached_and_their_measured_seconds_replace_the_assumpt
     model = after["models"][0]
     assert model["seconds_per_image"] == pytest.approx((0.5 + 1.5) / 2) and model["seconds_source"].startswith("measured")
     assert model["images_to_extract"] == 12 and model["gpu_hours"] == pytest.approx(12 * 1.0 / 3600)
+
+
+PHASE2 = Path(__file__).parent.parent / "configs" / "pivot4-phase2.yaml"
+
+
+def phase2_estimate(**changes) -> dict:
+    """The dry run's estimate of the Phase 2 config, with top-level sections changed (offline, nothing built)."""
+    import yaml
+
+    from spatialprobe.plan import plan_jobs
+
+    raw = yaml.safe_load(PHASE2.read_text())
+    raw["alignment"].pop("phase1_run", None)  # no Phase 1 folder here: every model is planned
+    for section, values in changes.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return plan_jobs(parse_config(raw))["estimate"]
+
+
+def test_the_dry_run_prices_the_phase2_tasks():
+    estimate = phase2_estimate()
+    for share in ("alignment_gpu_hours", "adapter_gpu_hours", "temporal_gpu_hours"):
+        assert estimate[share] > 0, share
+    parts = ("extraction_gpu_hours", "speed_vqa_gpu_hours", "probe_fit_gpu_hours", "alignment_gpu_hours",
+             "adapter_gpu_hours", "temporal_gpu_hours")
+    assert estimate["gpu_hours"] == pytest.approx(sum(estimate[p] for p in parts))
+
+
+def test_adapter_hours_grow_with_the_training_budget_and_clip_hours_with_the_frames():
+    one, two, three = (phase2_estimate(alignment={"adapter": {"steps": k * 1000}}) for k in (1, 2, 3))
+    hours = [e["adapter_gpu_hours"] for e in (one, two, three)]
+    # training grows linearly with the steps; the decodes of the test images do not change
+    assert hours[1] > hours[0] and hours[2] - hours[1] == pytest.approx(hours[1] - hours[0])
+    assert one["alignment_gpu_hours"] == three["alignment_gpu_hours"]
+    base = phase2_estimate()
+    frames = phase2_estimate(temporal={"data": {"kind": "ssv2", "path": "/data/ssv2", "frames": 32}})
+    assert frames["temporal_gpu_hours"] > 1.5 * base["temporal_gpu_hours"]

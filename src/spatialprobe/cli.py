@@ -150,8 +150,16 @@ def print_shared_plan(cfg, trust_remote_code: bool) -> None:
     typer.echo(f"{len(jobs['models'])} shared extractions, {todo} of {len(jobs['extraction'])} shard jobs to run, "
                f"{len(jobs['tasks'])} task jobs; estimate: {e['gpu_hours']:.1f} GPU-hours (extraction "
                f"{e['extraction_gpu_hours']:.1f}, speed+vqa {e['speed_vqa_gpu_hours']:.1f}, probe fits "
-               f"{e['probe_fit_gpu_hours']:.1f}), host RAM {e['host_ram_gb']:.0f} GB ({e['host_ram_model']}: one extraction "
+               f"{e['probe_fit_gpu_hours']:.1f}{phase2_hours(e)}), host RAM {e['host_ram_gb']:.0f} GB ({e['host_ram_model']}: one extraction "
                f"job + accumulators), disk {e['disk_gb'] / 1000:.2f} TB")
+
+
+def phase2_hours(estimate: dict) -> str:
+    """The Phase 2 tasks' share of the estimate, when the run has them."""
+    shares = (("CKA", "alignment_gpu_hours"), ("adapters", "adapter_gpu_hours"), ("clips", "temporal_gpu_hours"),
+              ("Mod C fine-tune", "finetune_gpu_hours"))
+    parts = [f"{name} {estimate[key]:.1f}" for name, key in shares if estimate.get(key)]
+    return "".join(f", {part}" for part in parts)
 
 
 @data_app.command("synthetic-shapes")
@@ -182,10 +190,39 @@ def synthetic_shapes(
         typer.echo(f"{root} (content hash {dataset_hash(root)})")
 
 
+@data_app.command("moving-shapes")
+def moving_shapes(
+    out: Path = typer.Option(..., "--out", help="Folder to write (layout: docs/video-data.md)."),
+    n_train: int = typer.Option(300, help="Training clips."),
+    n_val: int = typer.Option(50, help="Validation clips."),
+    n_test: int = typer.Option(100, help="Test clips."),
+    frames: int = typer.Option(16, help="Frames per clip."),
+    size: int = typer.Option(224, help="Frame side in pixels."),
+    preset: str = typer.Option("easy", help="easy: dark background, bright shapes; noise / hard: random colours on "
+                                            "a noise / texture background; none: --background with palette colours."),
+    background: str = typer.Option("plain", help="plain | noise | texture (when --preset does not set it)."),
+    seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
+    video_format: str = typer.Option("png", "--format", help="png (a PNG per frame) | webm (a video per clip, lossy)."),
+    motion: str = typer.Option("constant", help="constant (a reversed clip is just the opposite direction: no "
+                                                "arrow of time) | accelerating (speeds up from rest: a reversed "
+                                                "clip slows down)."),
+) -> None:
+    """Write the moving_shapes clips (one shape moving in one of 8 directions; per-frame boxes and masks)."""
+    from .data import clips_hash
+    from .data.moving_shapes import generate_moving_shapes
+
+    with one_line_errors():
+        root = generate_moving_shapes(out, n_train=n_train, n_val=n_val, n_test=n_test, frames=frames,
+                                      image_size=size, background=background,
+                                      preset=None if preset == "none" else preset, video_format=video_format,
+                                      motion=motion, seed=seed, progress=True)
+        typer.echo(f"{root} (content hash {clips_hash(root)})")
+
+
 @app.command()
 def models() -> None:
     """The supported model families: stages and token layout, where weights come from, what is tested offline."""
-    from .models import FAMILIES, backbone_class
+    from .models import FAMILIES, UNSUPPORTED, backbone_class
 
     table = Table("family", "stages and token layout", "weights", "tested offline", show_lines=True)
     for family in FAMILIES:
@@ -195,6 +232,10 @@ def models() -> None:
     Console(width=160).print(table)
     typer.echo("Presets (config `preset:`): mod_a = pre-merger features (last vision block); "
                "mod_b = vision encoder only (no LLM).")
+    unsupported = Table("not supported", "why not", "what would make it possible", show_lines=True)
+    for family, (reason, remedy) in UNSUPPORTED.items():
+        unsupported.add_row(family, reason, remedy)
+    Console(width=160).print(unsupported)
 
 
 @app.command()

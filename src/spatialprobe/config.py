@@ -166,10 +166,21 @@ class DatasetConfig(Strict):
     path: Path | None = None
     train_split: str = "train"
     test_split: str = "test"
+    #: the split a Mod C fine-tune chooses its adapter on (`finetune`); unset: "val" when the folder has
+    #: annotations/instances_val.json, else `val_fraction` of the training split held out (seeded). Never test
+    val_split: str | None = None
+    val_fraction: float = Field(0.1, gt=0, lt=1)
     shapes: ShapesParams = ShapesParams()
     #: coco: an annotation that fails the loader's checks stops the run ("error") or is dropped with a
     #: warning and a count in the manifest ("skip")
     on_bad_annotation: Literal["error", "skip"] = "error"
+
+    @model_validator(mode="after")
+    def val_is_not_test(self) -> "DatasetConfig":
+        if self.val_split is not None and self.val_split == self.test_split:
+            raise errors_at([(("val_split",), f"{self.val_split!r} is the test split; the fine-tune never sees "
+                                              "test images: name another split, or leave it unset")])
+        return self
 
     @model_validator(mode="after")
     def coco_has_path(self) -> "DatasetConfig":
@@ -190,6 +201,10 @@ PRESETS: dict[str, tuple[list[str], str]] = {
 def known_family(family: str) -> str:
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; supported: {', '.join(FAMILIES)}")
+    if "image" not in backbone_class(family).modalities:
+        # every run measures the still-image tasks (spatial_probe always runs) on every model
+        raise ValueError(f"family {family!r} reads clips only, and every run measures still images: use it through "
+                         "`load_backbone` (Python) until runs can leave a model out of the image tasks")
     return family
 
 
@@ -323,8 +338,10 @@ class AdapterConfig(Strict):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    #: loss = MSE + cosine_weight * (1 - cosine similarity over latent channels)
-    cosine_weight: float = Field(1.0, ge=0)
+    #: loss = MSE + cosine_weight * (1 - cosine similarity over latent channels). Small by default: the decoder
+    #: needs the latents' magnitudes, which only MSE fits; at weight 1 the tiny VAE's adapters decoded below the
+    #: mean-latent floor, at 0.1 all of them landed between floor and ceiling (tests/test_adapter_bridging.py)
+    cosine_weight: float = Field(0.1, ge=0)
     checkpoint_every: int = Field(100, ge=1)
     #: test images shown per model in the report's picture strip (input, VAE reconstruction, adapter decode)
     strip_images: int = Field(4, ge=0)
@@ -343,6 +360,131 @@ class AlignmentConfig(Strict):
     phase1_run: Path | None = None
     #: false: take on every model even with `phase1_run` set (the verdict still shows each model's gate)
     gate: bool = True
+
+
+def signature_options(function, skip: set[str]) -> type[BaseModel]:
+    """The keyword parameters of `function` (names, types, defaults) as a model that forbids anything else:
+    options passed through to a loader or generator cannot drift from what it takes."""
+    hints = typing.get_type_hints(function)
+    fields = {name: (hints.get(name, Any), ... if param.default is param.empty else param.default)
+              for name, param in inspect.signature(function).parameters.items()
+              if name not in skip and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)}
+    return create_model(f"{function.__name__}_options", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def option_errors(accepted: type[BaseModel], options: dict, where: str, what: str) -> None:
+    """Raise errors at <where>.<name> for options `accepted` does not take or of the wrong type."""
+    try:
+        accepted.model_validate(options)
+    except ValidationError as err:
+        errors = []
+        for error in err.errors():
+            if error["type"] == "missing":
+                continue  # a parameter the runner itself supplies (root, split)
+            name = str(error["loc"][0])
+            keys = list(accepted.model_fields)
+            message = (f"unknown option for {what}{did_you_mean(name, keys)}; accepted: {', '.join(keys) or 'none'}"
+                       if error["type"] == "extra_forbidden" else error["msg"])
+            errors.append(((where, name), message))
+        if errors:
+            raise errors_at(errors[:1]) from None
+
+
+#: what the runner gives the clip loaders and the moving-shapes generator itself (not `options`)
+CLIP_LOADER_ARGS = {"root", "split", "frames", "on_bad_video"}
+GENERATOR_ARGS = {"out", "progress"}
+
+
+@lru_cache(maxsize=None)
+def clip_loader_options(kind: str) -> type[BaseModel]:
+    from .data.ssv2 import load_ssv2
+    from .data.video import load_moving_shapes, load_video_folder
+
+    loader = {"moving_shapes": load_moving_shapes, "ssv2": load_ssv2, "folder": load_video_folder}[kind]
+    return signature_options(loader, CLIP_LOADER_ARGS)
+
+
+@lru_cache(maxsize=None)
+def moving_shapes_options() -> type[BaseModel]:
+    from .data.moving_shapes import generate_moving_shapes
+
+    return signature_options(generate_moving_shapes, GENERATOR_ARGS)
+
+
+class TemporalDataConfig(Strict):
+    """The clips the temporal probes read (`spatialprobe.data.load_clips`)."""
+    kind: Literal["moving_shapes", "ssv2", "folder"] = "moving_shapes"
+    #: ssv2 / folder: the folder to read; moving_shapes: where to write the clips (default: inside the cache),
+    #: or a folder `spatialprobe data moving-shapes` wrote (read as it is when `moving_shapes` is empty)
+    path: Path | None = None
+    #: frames read per clip (a longer video is sampled uniformly)
+    frames: int = Field(16, ge=2)
+    #: a missing, unreadable or too short video stops the run ("error") or is left out with a count ("skip")
+    on_bad_video: Literal["error", "skip"] = "error"
+    #: passed to the loader: ssv2 directions, videos, val_fraction, clips_per_label; folder: labels_file
+    options: dict = {}
+    #: moving_shapes only: the generator's options (n_train, n_test, image_size, preset, seed, ...)
+    moving_shapes: dict = {}
+
+    @model_validator(mode="after")
+    def fits_kind(self) -> "TemporalDataConfig":
+        if self.kind != "moving_shapes" and self.path is None:
+            raise errors_at([(("path",), f"a {self.kind} clip dataset needs `path`: the folder to read")])
+        if self.kind != "moving_shapes" and self.moving_shapes:
+            raise errors_at([(("moving_shapes",), f"generator options go with kind moving_shapes, not {self.kind}")])
+        option_errors(clip_loader_options(self.kind), self.options, "options", f"{self.kind} clips")
+        option_errors(moving_shapes_options(), self.moving_shapes, "moving_shapes", "the moving_shapes generator")
+        return self
+
+
+class AttentiveBudget(Strict):
+    """The attentive probe's fixed, seeded training budget (`probes.attentive.fit_attentive`)."""
+    steps: int = Field(300, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch: int = Field(32, ge=1)
+    #: the pooler's width (4 attention heads: a multiple of 4)
+    width: int = Field(64, ge=4, multiple_of=4)
+
+
+class TemporalControls(Strict):
+    #: frames shuffled within each clip (a seeded permutation): ordering must fall to chance
+    frames_shuffled: bool = True
+    #: the middle frame repeated over the clip: no motion and no order left to read
+    frame_repeated: bool = True
+
+
+class TemporalConfig(Strict):
+    """Phase 2's temporal probes (`temporal_probe` task): motion direction, the arrow of time and frame order."""
+    data: TemporalDataConfig = TemporalDataConfig()
+    probes: list[Literal["linear", "attentive"]] = Field(default_factory=lambda: ["linear", "attentive"], min_length=1)
+    attentive: AttentiveBudget = AttentiveBudget()
+    #: pairs of time steps drawn per clip for pairwise frame order (each in both orders)
+    pairs_per_clip: int = Field(8, ge=1)
+    controls: TemporalControls = TemporalControls()
+
+
+class FinetuneConfig(Strict):
+    """Mod C (proposal 3.1.4): LoRA on the vision encoder of each named model, trained on the spatial objective
+    before the other jobs; each tuned model is probed as "<model> [Mod C]" (variant lora:<id>). The budget fields
+    are `finetune.FinetuneBudget`'s; the adapter is chosen on `dataset.val_split` and never sees test images."""
+    #: names from `models` (VLMs whose family has a LoRA placement: `finetune.VISION_LORA`)
+    models: list[str] = Field(min_length=1)
+    #: the stage the spatial objective reads (default: the family's last vision block)
+    stage: str | None = None
+    steps: int = Field(500, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-4, ge=0)
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, ge=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    #: MSE toward the frozen original's tokens at the tuned stage (limits drift)
+    distill_weight: float = Field(0.0, ge=0)
+    #: each token's mean colour (as reconstruction_probe), beside the coverage target
+    reconstruction_weight: float = Field(0.0, ge=0)
+    #: also how often the val loss is measured (the adapter kept is the lowest-val-loss one)
+    checkpoint_every: int = Field(50, ge=1)
+    seed: int = 0
 
 
 class ControlsConfig(Strict):
@@ -365,6 +507,10 @@ class RunConfig(Strict):
     tasks: list[str] = Field(default_factory=default_tasks)
     #: Phase 2: the latent space the alignment tasks compare stages with (the LTX-Video VAE)
     alignment: AlignmentConfig = AlignmentConfig()
+    #: Phase 2: the clips and probes of the temporal_probe task (read only when `tasks` names it)
+    temporal: TemporalConfig = TemporalConfig()
+    #: Mod C: LoRA fine-tunes of named models' vision encoders, probed beside the originals (unset: none)
+    finetune: FinetuneConfig | None = None
     #: questions asked per model by the vqa task (models with a language head only)
     vqa_questions: int = Field(64, ge=1)
     #: images timed per model by the speed task (taken from the test split)
@@ -419,6 +565,25 @@ class RunConfig(Strict):
                     raise errors_at([(("models", number, "name"), f"{name!r} is both {seen[name]} and {what}; "
                                                                   "model names must be unique")])
                 seen[name] = what
+        return self
+
+    @model_validator(mode="after")
+    def finetune_names_models(self) -> "RunConfig":
+        """Each tuned model is a configured, non-hybrid model of a family with a LoRA placement."""
+        from .finetune.targets import VISION_LORA
+
+        if self.finetune is None:
+            if "finetune" in self.tasks:
+                raise errors_at([(("tasks",), "task 'finetune' needs a `finetune` section (which models, budget)")])
+            return self
+        families = {m.name: m.family for m in self.models}
+        for number, name in enumerate(self.finetune.models):
+            if name not in families:
+                raise errors_at([(("finetune", "models", number), f"{name!r} is not a name in `models`; "
+                                                                  f"choose from {', '.join(families)}")])
+            if families[name] not in VISION_LORA:
+                raise errors_at([(("finetune", "models", number), f"{name!r} is family {families[name]!r}, which has "
+                                  f"no LoRA placement; supported: {', '.join(VISION_LORA)}")])
         return self
 
     @model_validator(mode="after")
@@ -527,7 +692,7 @@ def load_config(path: str | Path) -> RunConfig:
 QUICKSTART_SHAPES = ShapesParams(colors="random", distractors=3)
 
 
-#: Phase 2 in the quickstart: a tiny random LTX VAE stands in for LTX-Video's (no weights offline), so its
+#: Phase 2 in the quickstart: a tiny LTX VAE (random encoder, decoder fitted on shapes) stands in for LTX-Video's (no weights offline), so its
 #: numbers check the pipeline, not LTX-Video; small adapters and a short budget keep the run under 15 minutes
 QUICKSTART_ALIGNMENT = AlignmentConfig(
     reference=ReferenceConfig(path="tiny", label="LTX-Video VAE", options={"resolution": 224}), permutations=100,

@@ -11,13 +11,15 @@ Between them, `ComposeJob` makes a hybrid's stages from its parts' stored stages
 """
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from .config import RunConfig
 from .spec import ModelSpec
+from .store.shards import cache_key
 
 
 @dataclass(frozen=True)
@@ -46,20 +48,66 @@ def _load_split(root: str, split: str, on_bad_annotation: str):
 
 
 @dataclass(frozen=True)
+class ClipDataRef:
+    """A clip dataset as a worker finds it (`data.load_clips`): the folder, kind, frames and loader options,
+    the content hash of its train and test splits, and the seed of the shuffled view. Each view of a split
+    ("forward", "reversed", "shuffled", "repeated", or views composed with "+", e.g. "shuffled+reversed") is
+    a clip set of its own in the feature store, keyed by `view_hash(view)`."""
+    root: str
+    kind: str
+    frames: int
+    on_bad_video: str
+    options: dict = field(hash=False)
+    hash: str = ""
+    seed: int = 0
+
+    def split(self, which: str, view: str = "forward"):
+        """The loaded split (read and checked once per process), as seen in `view`."""
+        from .data.video import clip_view
+
+        clips = _load_clip_split(self.root, self.kind, which, self.frames, self.on_bad_video,
+                                 json.dumps(self.options, sort_keys=True))
+        for step in view.split("+"):
+            clips = clip_view(clips, step, self.seed)
+        return clips
+
+    def view_hash(self, view: str) -> str:
+        """The store's dataset key of a view: the split's own hash for "forward" (its features are the
+        clips' own), else one that names the view (and the seed that shuffles it)."""
+        if view == "forward":
+            return self.hash
+        return cache_key(clips=self.hash, view=view, seed=self.seed if "shuffled" in view else None)[:16]
+
+    def key(self) -> dict:
+        return {"hash": self.hash, "kind": self.kind, "frames": self.frames, "on_bad_video": self.on_bad_video,
+                "options": self.options, "seed": self.seed}
+
+
+@lru_cache(maxsize=8)
+def _load_clip_split(root: str, kind: str, split: str, frames: int, on_bad_video: str, options: str):
+    from .data import load_clips
+
+    return load_clips(kind, root, split, frames=frames, on_bad_video=on_bad_video, **json.loads(options))
+
+
+@dataclass(frozen=True)
 class RunInfo:
     """One measured model or control as its results are named: the run's name and label, and the spec it reads."""
     name: str
     label: str
     family: str
-    variant: str  # none | pixels | random_init
+    variant: str  # none | pixels | random_init | lora:<id> | reference
     spec: ModelSpec
     stages: tuple[str, ...] | None  # requested patterns; None: every stage
     #: the hybrid run this is one part of (named "<hybrid>.<part>"): it is extracted, its hybrid is measured
     part_of: str | None = None
+    #: a lora:<id> run (Mod C): the run of the model it fine-tunes
+    base: "RunInfo | None" = None
 
 
 def open_spec(spec: ModelSpec, config: RunConfig):
-    """A backbone loaded from its spec on the run's device (a random-init variant re-initialized in place)."""
+    """A backbone loaded from its spec on the run's device (a random-init variant re-initialized in place, a
+    lora:<id> variant with its adapter applied)."""
     from .models import load_backbone
     from .spec import thaw
 
@@ -73,6 +121,10 @@ def open_spec(spec: ModelSpec, config: RunConfig):
     backbone = load_backbone(spec.family, spec.path, device=config.device, dtype=spec.dtype, **options)
     if spec.variant == "random_init":
         backbone.randomize_weights(seed=spec.seed)
+    if spec.adapter:  # lora:<id>: the base checkpoint with its Mod C adapter, probed like the original
+        from .finetune.variant import apply_adapter
+
+        apply_adapter(backbone, spec.adapter)
     return backbone
 
 

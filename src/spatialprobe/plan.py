@@ -181,10 +181,16 @@ FAMILY_SHAPES = {
     # CLIP ViT-L/336, anyres: the base image and a 2x2 grid of 336-px tiles, 577 tokens each; the LLM sees
     # 5 x 576 plus one newline token per row of the packed grid
     "llava_next": FamilyShape(Tower(24, 1024), lambda r: 5 * 577, lambda r: 5 * 576 + 48, 336),
+    "llava_next_video": FamilyShape(Tower(24, 1024), lambda r: 5 * 577, lambda r: 5 * 576 + 48, 336),
+    # SigLIP-so400m/14 at 384 px (729 tokens a tile, no CLS), anyres: the base image and a 2x2 grid of tiles,
+    # one newline token per row of the packed grid
+    "llava_onevision": FamilyShape(Tower(26, 1152), lambda r: 5 * 729, lambda r: 5 * 729 + 54, 384),
     # InternViT-300M on 448-px tiles (a square image: one tile), pixel shuffle 4:1
     "internvl": FamilyShape(Tower(24, 1024), lambda r: 1025, lambda r: 256, 448),
     # EVA2-CLIP-E at its fixed 1,344 px, 2x2 conv downsampling
     "cogvlm2": FamilyShape(Tower(63, 1792), lambda r: 96 * 96, lambda r: 48 * 48 + 2, 1344),
+    # the same tower on 224-px frames (clips only): per frame, 16x16 patches, 8x8 after the conv + boi/eoi
+    "cogvlm2_video": FamilyShape(Tower(63, 1792), lambda r: 16 * 16, lambda r: 8 * 8 + 2, 224),
     "glm4v": FamilyShape(Tower(24, 1536), lambda r: (r // 14) ** 2, lambda r: (r // 28) ** 2, 336),
     "owlvit": FamilyShape(Tower(12, 768), lambda r: 577, None, 768),
     "owlv2": FamilyShape(Tower(12, 768), lambda r: 3601, None, 960),
@@ -476,6 +482,101 @@ def model_job_hours(config: RunConfig, runs) -> float:
     return hours
 
 
+#: the LTX-Video decoder, stated as about twice its encoder's FLOPs per frame (it up-samples to full resolution)
+VAE_DECODE_FACTOR = 2.0
+#: forward + backward of a training step, in forward passes
+TRAIN_PASSES = 3
+#: decodes per test image: the adapter's latents, the floor (the mean latent) and the ceiling (encode + decode)
+DECODES_PER_IMAGE = 3
+
+
+def reference_cost(runs) -> ModelCost | None:
+    """The reference VAE's cost, when the run has one (Phase 2 tasks)."""
+    reference = next((r for r in runs if r.control == "reference"), None)
+    return model_cost(reference.spec) if reference else None
+
+
+def alignment_flops(shape: StageShape, n: int, cells: int, channels: int = 128, permutations: int = 200) -> float:
+    """CKA of one stage with the latents, three forms: the n x n Gram matrices of the pooled and spatial forms
+    (2 n^2 C and 2 n^2 cells C), the per-position sums over n x cells examples (2 n cells (C^2 + C q + q^2)),
+    and the null and bootstraps, which re-index the Gram matrices (n^2 each)."""
+    grams = 2 * n * n * shape.channels * (1 + cells)
+    positions = 2 * n * cells * (shape.channels ** 2 + shape.channels * channels + channels ** 2)
+    return grams + positions + 2 * permutations * n * n
+
+
+def adapter_flops(shape: StageShape, cells: int, adapter, n_test: int, vae: ModelCost) -> float:
+    """One adapter: training steps x batch x (forward + backward) of a head whose every parameter acts once per
+    latent cell (the attention head also attends from every cell to every token), then the VAE's decodes and
+    encode of the test images for the scores, floor and ceiling."""
+    per_image = 2 * adapter.target_params * cells
+    if adapter.head == "attention":
+        per_image += 4 * cells * shape.tokens * min(shape.channels, 1024)
+    training = TRAIN_PASSES * per_image * adapter.steps * adapter.batch_size
+    decoding = n_test * (DECODES_PER_IMAGE * VAE_DECODE_FACTOR + 1) * vae.flops
+    return training + decoding
+
+
+#: clips priced when the dataset's size is not known before it is read (SSv2 or a folder): the proposal's
+#: direction subset is a few thousand clips
+DEFAULT_CLIPS = 2000
+
+
+def clip_counts(config: RunConfig) -> tuple[int, int]:
+    """(train, test) clips of the temporal task: the generator's counts for moving shapes, else stated."""
+    data = config.temporal.data
+    if data.kind == "moving_shapes":
+        from .data.moving_shapes import generate_moving_shapes
+        import inspect
+
+        defaults = {k: p.default for k, p in inspect.signature(generate_moving_shapes).parameters.items()}
+        options = {**defaults, **data.moving_shapes}
+        return int(options["n_train"]), int(options["n_test"])
+    return int(DEFAULT_CLIPS * 0.8), int(DEFAULT_CLIPS * 0.2)
+
+
+def temporal_flops(config: RunConfig, runs) -> float:
+    """The temporal task: every clip view through every video-reading run (each frame priced as one image: an
+    upper bound for models that merge frames), and the attentive probe's training over the stage's tokens."""
+    from .tasks.temporal_probe import extraction_views, reads_video
+
+    train, test = clip_counts(config)
+    frames, views = config.temporal.data.frames, len(extraction_views(config))
+    budget = config.temporal.attentive
+    flops = 0.0
+    for run in runs:
+        if run.control == "reference" or run.spec.parts or not reads_video(run.family):
+            continue
+        cost = model_cost(run.spec)
+        flops += views * (train + test) * frames * cost.flops
+        if "attentive" in config.temporal.probes:
+            tokens = max((s.tokens for s in run_stages(run)), default=0) * frames
+            flops += len(run_stages(run)) * TRAIN_PASSES * budget.steps * budget.batch * 4 * tokens * budget.width
+    return flops
+
+
+def phase2_flops(config: RunConfig, runs) -> dict[str, float]:
+    """FLOPs of the Phase 2 tasks: CKA of every stage of every run, and one adapter per run at its widest stage
+    (the judged stage is not known before the models are read; the widest is the dearest)."""
+    temporal = temporal_flops(config, runs) if "temporal_probe" in config.tasks else 0.0
+    vae = reference_cost(runs)
+    if vae is None:
+        return {"latent_alignment": 0.0, "adapter_bridging": 0.0, "temporal_probe": temporal}
+    sizes = list(split_sizes(config).values())
+    n, n_test = sum(sizes), sizes[-1]
+    cells, alignment = vae.stages[0].tokens, config.alignment
+    flops = {"latent_alignment": 0.0, "adapter_bridging": 0.0, "temporal_probe": temporal}
+    for run in runs:
+        stages = run_stages(run) if run.control != "reference" else []
+        if "latent_alignment" in config.tasks:
+            flops["latent_alignment"] += sum(alignment_flops(s, n, cells, permutations=alignment.permutations)
+                                             for s in stages)
+        if "adapter_bridging" in config.tasks and stages:
+            widest = max(stages, key=lambda s: s.channels)
+            flops["adapter_bridging"] += adapter_flops(widest, cells, alignment.adapter, n_test, vae)
+    return flops
+
+
 def built_folders(config: RunConfig) -> Callable[[str, str], str]:
     """A resolver that builds nothing: "tiny" and "installed:" paths become the folders the runner would use
     when those are already complete (so a dry run sees the run's keys and its stored shards), else stay strings."""
@@ -516,16 +617,50 @@ def plan_jobs(config: RunConfig, trust_remote_code: bool = False,
             "estimate": estimate(config, runs, models, fit_flops)}
 
 
+def finetune_flops(config: RunConfig, runs) -> float:
+    """Mod C: per tuned run, steps x batch x (forward + backward) of the vision tower (a distillation term adds
+    the frozen original's forward), plus the val loss on the val images at step 0 and at every checkpoint.
+    The whole tower is priced (the tuned stage may be earlier: an overestimate); val images: synthetic shapes'
+    `n_val`, else `dataset.val_fraction` of the training split."""
+    if config.finetune is None:
+        return 0.0
+    budget, n_train = config.finetune, next(iter(split_sizes(config).values()))
+    shapes = config.dataset.shapes
+    n_val = shapes.n_val if config.dataset.kind == "synthetic_shapes" and shapes.n_val else \
+        max(1, round(n_train * config.dataset.val_fraction))
+    passes = TRAIN_PASSES + (budget.distill_weight > 0)
+    evaluations = budget.steps // budget.checkpoint_every + 1
+    flops = 0.0
+    for run in runs:
+        if not str(run.control).startswith("lora:"):
+            continue
+        shape = FAMILY_SHAPES.get(run.spec.family, DEFAULT_SHAPE)
+        tokens = shape.vision_tokens(dict(run.spec.options).get("resolution") or shape.resolution)
+        config_json = local_config(run.spec.path) if run.spec.path else None
+        vision = tower_from(config_json, "vision_config", shape.vision)
+        forward = 2 * vision.params * tokens + 4 * vision.depth * tokens ** 2 * vision.width
+        flops += forward * (budget.steps * budget.batch_size * passes + evaluations * n_val * (passes - 2))
+    return flops
+
+
 def estimate(config: RunConfig, runs, models: list[dict], fit_flops: float) -> dict:
     extraction = sum(m["gpu_hours"] for m in models)
     model_jobs = model_job_hours(config, runs)
     probes = fit_flops / PROBE_FLOPS / 3600
+    phase2 = phase2_flops(config, runs)
+    # CKA is float64 algebra like the probe fits; an adapter trains and decodes at the run's dtype
+    phase2 = {"latent_alignment": phase2["latent_alignment"] / PROBE_FLOPS / 3600,
+              "adapter_bridging": phase2["adapter_bridging"] / SUSTAINED_FLOPS[config.dtype] / 3600,
+              "temporal_probe": phase2["temporal_probe"] / SUSTAINED_FLOPS[config.dtype] / 3600}
+    phase2["finetune"] = finetune_flops(config, runs) / SUSTAINED_FLOPS[config.dtype] / 3600  # Mod C (in the total)
     n_train = next(iter(split_sizes(config).values()))  # the training split comes first
     widest = max((s for r in runs for s in run_stages(r)), key=lambda s: s.channels, default=None)
     accumulators = (n_train ** 2 + (widest.channels ** 2 if widest else 0)) * ACCUMULATOR_BYTES
     largest = max(models, key=lambda m: m["extraction_ram_bytes"], default=None)
-    return {"gpu_hours": extraction + model_jobs + probes, "extraction_gpu_hours": extraction,
+    return {"gpu_hours": extraction + model_jobs + probes + sum(phase2.values()), "extraction_gpu_hours": extraction,
             "speed_vqa_gpu_hours": model_jobs, "probe_fit_gpu_hours": probes,
+            "alignment_gpu_hours": phase2["latent_alignment"], "adapter_gpu_hours": phase2["adapter_bridging"],
+            "temporal_gpu_hours": phase2["temporal_probe"], "finetune_gpu_hours": phase2["finetune"],
             "probe_fit_pflop": fit_flops / 1e15,
             "host_ram_gb": ((largest["extraction_ram_bytes"] if largest else 0) + accumulators) / 1e9,
             "host_ram_model": largest and largest["runs"][0],
@@ -539,6 +674,9 @@ ASSUMPTIONS = (f"forward FLOPs per image = 2 x parameters x tokens + 4 x layers 
                f"writes, bitsandbytes 4bit x{QUANTIZED_SLOWDOWN['4bit']:.0f} "
                f"and 8bit x{QUANTIZED_SLOWDOWN['8bit']:.0f} slower; probe fits 2 n^2 N C (linear Gram) + "
                f"2 C^2 n N (dense) at {PROBE_FLOPS / 1e12:.0f} TFLOP/s; disk = tokens x channels x 2 bytes per stored "
-               f"stage and image; host RAM = the largest extraction job (batches up to the {SPILL_BYTES / 2**30:.0f} GiB spill "
+               f"stage and image; Phase 2: CKA Gram matrices and per-position sums at the probe-fit rate, "
+               f"adapters 3 x 2 x parameters x latent cells per training image, decoding {VAE_DECODE_FACTOR:.0f}x the VAE "
+               f"encoder's FLOPs per image, {DECODES_PER_IMAGE} decodes per test image, clips as frames x one image's forward per "
+               f"view (moving shapes: the generator's counts, else {DEFAULT_CLIPS} clips); host RAM = the largest extraction job (batches up to the {SPILL_BYTES / 2**30:.0f} GiB spill "
                f"budget, one batch of every stage, one stage of a shard) + the float64 accumulators (n x n Gram, C x C); measured seconds per image replace the assumption where a "
                f"shard index has them")

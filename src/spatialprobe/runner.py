@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -15,13 +15,13 @@ from . import __version__
 from .models.hybrid import common_side, describe_hybrid, hybrid_stages
 from .store.shards import FeatureCache, cache_key, default_cache_dir
 from .config import RunConfig
-from .data import dataset_hash, generate_synthetic_shapes, load_coco
+from .data import clips_hash, dataset_hash, generate_synthetic_shapes, load_coco
 from .data.shapes import GENERATOR_VERSION
 from .decision import judged_stage
 from .errors import SpatialProbeError
 from .extract import plan_shards, shard_keys
 from .files import write_atomic
-from .jobs import (ComposeJob, DataRef, ExtractJob, InfoJob, RunInfo, VerifyJob, open_job_model, run_model_job,
+from .jobs import (ClipDataRef, ComposeJob, DataRef, ExtractJob, InfoJob, RunInfo, VerifyJob, open_job_model, run_model_job,
                    run_task_job, spec_group)
 from .progress import JobProgress
 from .stages import resolve_stages
@@ -61,6 +61,53 @@ def prepare_dataset(config: RunConfig, console: Console) -> Path:
     root = spec.path or work_dir(config) / "datasets" / folder
     console.print(f"dataset: synthetic_shapes at {root}")
     return generate_synthetic_shapes(Path(root), **params)
+
+
+def prepare_clips(config: RunConfig, console: Console) -> ClipDataRef:
+    """The temporal_probe task's clips, both splits loaded and checked before any model runs: moving shapes
+    generated into the work dir (or into `temporal.data.path`, as synthetic_shapes is), a moving-shapes folder
+    read as it is (a `path` holding one, no generator options), or the SSv2 / video folder at `path`."""
+    from .data.moving_shapes import GENERATOR_VERSION as CLIPS_VERSION, generate_moving_shapes
+
+    spec = config.temporal.data
+    root = spec.path
+    written = root is not None and (Path(root) / "dataset.json").is_file()
+    if spec.kind == "moving_shapes" and not (written and not spec.moving_shapes):
+        params = {"frames": spec.frames, **spec.moving_shapes}
+        folder = f"moving_shapes-{cache_key(**params, version=CLIPS_VERSION)[:12]}"
+        root = generate_moving_shapes(Path(root or work_dir(config) / "datasets" / folder), **params)
+    elif not Path(root).is_dir():
+        raise SpatialProbeError(f"temporal.data.path: clip folder not found: {root}")
+    console.print(f"clips: {spec.kind} at {root}")
+    clips = ClipDataRef(str(root), spec.kind, spec.frames, spec.on_bad_video, dict(spec.options), seed=config.seed)
+    try:
+        train, test = clips.split("train"), clips.split("test")
+    except SpatialProbeError as err:
+        raise SpatialProbeError(f"temporal.data: {err}") from None
+    if "linear" in config.temporal.probes:
+        check_linear_classes(train)
+    return replace(clips, hash=clips_hash(root, train, test))
+
+
+def check_linear_classes(train) -> None:
+    """The linear temporal probe picks its C by stratified cross-validation on train: every class it sees
+    needs at least 2 training clips (said before any model runs, not after the extraction)."""
+    from collections import Counter
+
+    counts = Counter(train.label(i) for i in range(len(train)))
+    thin = [train.labels[label] for label, count in sorted(counts.items()) if count < 2]
+    if thin:
+        raise SpatialProbeError(f"temporal.data: class {thin[0]!r} has 1 training clip; the linear probe needs at "
+                                "least 2 per class (more training clips, or probes: [attentive])")
+
+
+def clips_manifest(clips: ClipDataRef) -> dict:
+    """What the manifest says about the clips: where, which classes (the dataset's own names) and how many."""
+    train, test = clips.split("train"), clips.split("test")
+    return {"root": clips.root, "kind": clips.kind, "hash": clips.hash, "frames": clips.frames,
+            "train": len(train), "test": len(test), "labels": train.labels,
+            "classes_used": {"train": train.classes_used, "test": test.classes_used},
+            "skipped": {"train": train.skipped, "test": test.skipped}}
 
 
 def model_runs(config: RunConfig, trust_remote_code: bool = False) -> list[ModelRun]:
@@ -188,8 +235,13 @@ def run_infos(config: RunConfig, trust_remote_code: bool = False) -> list[RunInf
         if r.control == "reference":
             label = r.label or f"{r.family} ({r.spec.path})"
             if config.alignment.reference.path == "tiny":
-                label += " (tiny, random weights: a check of the pipeline, not of LTX-Video)"
+                label += " (tiny: random encoder, decoder fitted on shapes; a check of the pipeline, not of LTX-Video)"
             infos.append(RunInfo(r.name, label, r.family, r.control, r.spec, r.stages))
+            continue
+        if r.base is not None:  # Mod C: the base run's label, marked
+            base = next(info for info in infos if info.name == r.base)
+            infos.append(RunInfo(r.name, r.label or f"{base.label} [Mod C]", r.family, r.control, r.spec, r.stages,
+                                 base=base))
             continue
         label = labels[r.name] + (" [random init]" if r.control == "random_init" else "")
         infos.append(RunInfo(r.name, label, r.family, r.control, r.spec, r.stages))
@@ -276,12 +328,13 @@ def model_info_known(state: Run, members: list[RunInfo], info: dict) -> None:
                                            "stages": stages}
         if member.part_of or member.variant == "reference":
             continue
-        state.judged[member.name] = judged_stage(member.name.removesuffix(" [random init]"), stages,
-                                                 state.config.decision)
+        configured = member.base.name if member.base else member.name.removesuffix(" [random init]")
+        state.judged[member.name] = judged_stage(configured, stages, state.config.decision)
         # all_stages: the model's whole stage list, so the report places a subset at its true depth
         state.manifest["models"][member.name] = {**info["describe"], "label": member.label,
                                                  "control": member.variant, "stages": stages,
-                                                 "all_stages": info["stages"]}
+                                                 "all_stages": info["stages"],
+                                                 **({"base": member.base.name} if member.base else {})}
     state.save_manifest()
 
 
@@ -320,12 +373,18 @@ def model_jobs(state: Run, runs: list[RunInfo], tasks: list) -> list:
                  for task in tasks for job in task.model_jobs(member, ctx)]
         if known is not None and not shards and not extra:
             continue
-        verify = config.verify != "off" and any(m.variant == "none" for m in members)
+        verify = config.verify != "off" and any(checked(m) for m in members)
         jobs += [InfoJob(spec, config), *([VerifyJob(spec, config, stages)] if verify else [])]
         jobs += [ExtractJob(spec, config, ctx.data, ctx.store_root, s.split, s.start, s.stop, stages) for s in shards]
         jobs += extra
     # a hybrid is loaded whole only for the tasks that time or ask the model itself (speed, vqa)
     return jobs + [job for run in runs if run.spec.parts for task in tasks for job in task.model_jobs(run, ctx)]
+
+
+def checked(member: RunInfo) -> bool:
+    """Whether a run's checkpoint gets the planted-patch self-check: configured models and their Mod C
+    variants (a fine-tune could break the token mapping as a library version can), not controls."""
+    return member.variant == "none" or member.base is not None
 
 
 def extracted(state: Run, name: str, split: str, images: int, note: str = "") -> None:
@@ -342,9 +401,13 @@ def model_job_done(state: Run, runs: list[RunInfo], job, output) -> None:
         ResultCache(Path(state.ctx.results_root)).put(info_key(job.spec), [output])
         model_info_known(state, members, output)
     elif isinstance(job, VerifyJob):
-        self_check_done(state, [m for m in members if m.variant == "none"], output)
+        self_check_done(state, [m for m in members if checked(m)], output)
     elif isinstance(job, ExtractJob):
         extracted(state, members[0].name, job.split, job.stop - job.start)
+    elif hasattr(job, "view"):  # temporal_probe's clips: counted in clips per view and split, as extraction is
+        label = f"{job.model.name}: clips {job.view} {job.split}"
+        state.images_done[label] = state.images_done.get(label, 0) + job.stop - job.start
+        state.tick(label, len(state.ctx.clips.split(job.split)), state.images_done[label])
     else:
         state.add_rows((0, state.places[id(job)]), output)
         kind = type(job).__name__.removesuffix("Job").lower()
@@ -443,6 +506,27 @@ def feature_jobs(state: Run, runs: list[RunInfo], tasks: list) -> list:
             for job in task.feature_jobs(info, state.stages[info.name], state.judged[info.name], state.ctx)]
 
 
+def train_adapters(state: Run, runs: list[RunInfo], runner) -> None:
+    """Mod C's pre-phase: each tuned run's adapter trained before any other job is planned (its spec key is
+    the adapter's content), one fresh backbone per fine-tune; finished adapters are kept, killed ones resume."""
+    from .finetune.runs import finetune_group, finetune_jobs, finetune_splits, val_split_name
+
+    if state.config.finetune is None:
+        return
+    data = state.ctx.data
+    val_split = val_split_name(data.root, state.config)
+    finetune_splits(data.root, data.split("train"), state.config, val_split)  # a missing val split fails here
+    jobs = finetune_jobs(state.config, runs, data, val_split)
+    state.manifest["finetune"] = {"val_split": val_split or f"held out of {data.train_split}",
+                                  "trained": [job.name for job in jobs]}
+    state.save_manifest()
+
+    def done(job, output):
+        state.tick(f"{job.name}: fine-tune", 1, 1, f"{output['steps']} steps, kept step {output['chosen_step']}")
+
+    runner.extract(jobs, finetune_group, open_job_model, run_model_job, done)
+
+
 def run(config: RunConfig, out: Path, console: Console | None = None, trust_remote_code: bool = False,
         on_existing: OnExisting = "refuse", executor: str | None = None, address: str | None = None) -> Path:
     from .executors import make_executor
@@ -461,10 +545,14 @@ def run(config: RunConfig, out: Path, console: Console | None = None, trust_remo
     train_data, test_data = load_split(root, config.dataset.train_split, config), load_split(root, config.dataset.test_split, config)
     data_hash = dataset_hash(root, train_data, test_data)  # dropped images change what the positions name
     manifest = new_manifest(config, root, data_hash, train_data, test_data)
+    clips = prepare_clips(config, console) if "temporal_probe" in config.tasks else None
+    if clips is not None:
+        manifest["clips"] = clips_manifest(clips)
     manifest["results_schema"] = RESULTS_SCHEMA
     runs = run_infos(config, trust_remote_code)
-    manifest["models"] = {info.name: {"label": info.label, "control": info.variant} for info in runs
-                          if info.variant != "reference"}
+    manifest["models"] = {info.name: {"label": info.label, "control": info.variant,
+                                      **({"base": info.base.name} if info.base else {})}
+                          for info in runs if info.variant != "reference"}
     # the run's own files are replaced at once, so a report never mixes an older run with this one
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
     write_results(out, [])
@@ -472,13 +560,15 @@ def run(config: RunConfig, out: Path, console: Console | None = None, trust_remo
     data = DataRef(str(root), spec.train_split, spec.test_split, spec.on_bad_annotation, data_hash)
     store_root = work_dir(config) / "features" if config.cache_dir else default_cache_dir()
     reference = next((info for info in runs if info.variant == "reference"), None)
-    ctx = PlanContext(config, data, str(store_root), str(work_dir(config) / "results"), reference)
-    tasks = [get_task(name) for name in TASKS if name in config.tasks]
+    ctx = PlanContext(config, data, str(store_root), str(work_dir(config) / "results"), reference, clips)
+    # the `finetune` section alone turns its task on (the drift and training rows, the report's Mod C section)
+    tasks = [get_task(name) for name in TASKS if name in config.tasks or (name == "finetune" and config.finetune)]
     with JobProgress(console) as progress:
         state = Run(config, ctx, out, manifest, progress)
         name = executor or config.executor
         runner = make_executor(name, address or config.executor_address) if name == "ray" else make_executor(name)
         try:
+            train_adapters(state, runs, runner)
             jobs = model_jobs(state, runs, tasks)
             state.places = {id(job): number for number, job in enumerate(jobs)}
             progress.say(f"{len(jobs)} model jobs ({sum(isinstance(j, ExtractJob) for j in jobs)} extraction shards)")

@@ -35,6 +35,7 @@ class TaskEntry:
 SPATIAL_PROBES = ("linear", "pooled", "dense")
 ALIGNMENT_FORMS = ("pooled", "spatial", "per_position")  # as alignment.FORMS (here without torch)
 ADAPTER_HEADS = ("conv", "attention")
+TEMPORAL_PROBES = ("linear", "attentive")  # as probes.temporal.PROBES (here without torch)
 
 #: task name -> its entry, in the order their sections appear in the report
 TASKS: dict[str, TaskEntry] = {
@@ -50,6 +51,12 @@ TASKS: dict[str, TaskEntry] = {
     "adapter_bridging": TaskEntry("spatialprobe.tasks.adapter_bridging", {
         "lpips_adapter": ADAPTER_HEADS, "psnr_adapter": ADAPTER_HEADS, "ssim_adapter": ADAPTER_HEADS},
         reference=True, default=False),
+    "temporal_probe": TaskEntry("spatialprobe.tasks.temporal_probe", {
+        "direction_accuracy": TEMPORAL_PROBES, "ordering_accuracy": TEMPORAL_PROBES,
+        "pairwise_order_accuracy": ("linear",)}, default=False),
+    # Mod C: turned on by the config's `finetune` section; drift and training rows of each tuned run
+    "finetune": TaskEntry("spatialprobe.tasks.finetune", {
+        "cka_to_original": ("drift",), "finetune_val_loss": ("training",)}, default=False),
 }
 
 
@@ -75,6 +82,7 @@ class PlanContext:
     store_root: str
     results_root: str
     reference: Any = None  # jobs.RunInfo of the alignment reference (the VAE), when a task reads it
+    clips: Any = None  # jobs.ClipDataRef of the clips the temporal_probe task reads, when `tasks` names it
 
 
 class Task(Protocol):
@@ -89,12 +97,12 @@ class Task(Protocol):
     def section(self, manifest: dict, results: list[dict]) -> str: ...
 
 
-TINY_REFERENCE = ("measured against a tiny random VAE (alignment.reference.path: tiny): a check of the pipeline, "
+TINY_REFERENCE = ("measured against a tiny VAE (alignment.reference.path: tiny; random encoder, decoder fitted on shapes): a check of the pipeline, "
                   "not a measurement of LTX-Video, so the verdict does not use it")
 
 
 def reference_fields(ctx: PlanContext) -> dict:
-    """What every row measured against the reference says about it; a tiny random reference is never judged."""
+    """What every row measured against the reference says about it; a tiny reference is never judged."""
     return {"not_judged": TINY_REFERENCE} if ctx.config.alignment.reference.path == "tiny" else {}
 
 

@@ -26,8 +26,10 @@ class VqaJob:
         if not hasattr(backbone, "answer"):  # a vision encoder: no language head to ask
             return []
         config = self.config
-        return [{**r, "model": self.model.name, "label": self.model.label, "family": self.model.family,
-                 "control": "none", "variant": "none", "seed": config.seed}
+        run = self.model
+        tuned = {"base_model": run.base.name} if getattr(run, "base", None) else {}  # Mod C's semantic guard
+        return [{**r, "model": run.name, "label": run.label, "family": run.family,
+                 "control": run.variant, "variant": run.variant, "seed": config.seed, **tuned}
                 for r in vqa_records(backbone, self.ctx.data.split("train"), self.ctx.data.split("test"),
                                      config.bootstrap, config.seed, config.vqa_questions)]
 
@@ -36,7 +38,9 @@ class VqaTask(NoJobs):
     name = "vqa"
 
     def model_jobs(self, run, ctx: PlanContext) -> list:
-        return [VqaJob(run.spec, ctx.config, run, ctx)] if run.variant == "none" else []
+        # configured models, and their Mod C variants: the semantic guard asks both the same questions
+        asked = run.variant == "none" or getattr(run, "base", None) is not None
+        return [VqaJob(run.spec, ctx.config, run, ctx)] if asked else []
 
     def finalize(self, rows: list[dict], ctx: PlanContext) -> list[dict]:
         from ..vqa import relative_records
