@@ -57,7 +57,7 @@ def test_a_killed_writers_temporary_folder_is_cleared(tmp_path):
 
 def test_the_loser_of_a_rename_race_accepts_the_identical_winner(tmp_path, monkeypatch):
     # a writer that did not take the lock (say, an older version) finishes first, just before our rename
-    from spatialprobe.data import shapes
+    from spatialprobe.data import generated
 
     winner = generate_synthetic_shapes(tmp_path / "winner", **SMALL)
     out = tmp_path / "shapes"
@@ -68,6 +68,6 @@ def test_the_loser_of_a_rename_race_accepts_the_identical_winner(tmp_path, monke
             shutil.copytree(winner, out)
         real_rename(src, dst)
 
-    monkeypatch.setattr(shapes.os, "rename", rename_after_the_winner)
+    monkeypatch.setattr(generated.os, "rename", rename_after_the_winner)
     assert generate_synthetic_shapes(out, **SMALL) == out
     assert dataset_hash(out) == dataset_hash(winner) and not list(tmp_path.glob(".shapes.tmp-*"))

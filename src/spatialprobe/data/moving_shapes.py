@@ -38,20 +38,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ..errors import SpatialProbeError
-from ..files import umask_mode
 from .shapes import (BACKGROUNDS, DEFAULT_MIN_CONTRAST, EASY_PALETTE, MAX_MIN_CONTRAST, PALETTE, SHAPES, background,
-                     background_from, colour_choice, contrasting_colour, draw_mask, mask_box, remove_stale_temporaries, shape_polygon)
+                     background_from, colour_choice, contrasting_colour, draw_mask, mask_box, shape_polygon)
+from .generated import install_dataset, seeded_items
 from .video import DIRECTIONS, SPLITS
 
 GENERATOR = "moving_shapes"
@@ -177,13 +173,7 @@ def write_split(root: Path, split: str, count: int, params: dict, progress: bool
     folder.mkdir(parents=True)
     codec = webm_codec() if params["format"] == "webm" else None
     clips = []
-    indices = range(count)
-    if progress:
-        from rich.progress import track
-
-        indices = track(indices, description=f"moving_shapes {split}")
-    for index in indices:
-        rng = np.random.default_rng([params["seed"], SPLITS.index(split), index])
+    for index, rng in seeded_items(params["seed"], SPLITS.index(split), count, progress, f"moving_shapes {split}"):
         pixels, annotation = render_clip(params, rng)
         clip_id = f"{split}_{index:05d}"
         if codec:
@@ -221,50 +211,14 @@ def generate_moving_shapes(out: str | Path, *, n_train: int = 300, n_val: int = 
               "seed": seed}
     record.update({k: v for k, v in {"motion": motion}.items() if v != NEW_DEFAULTS[k]})
     validate({**NEW_DEFAULTS, **record})
-    if holds_dataset(out, record):  # checked before locking: a finished dataset may sit in a read-only folder
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out.parent / f".{out.name}.lock")):
-        if holds_dataset(out, record):  # a concurrent writer finished it while we waited
-            return out
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise SpatialProbeError(f"{out} exists and is not a moving_shapes dataset; choose an empty folder")
-        remove_stale_temporaries(out)
-        write_dataset(out, record, progress)
-    return out
+    return install_dataset(out, record, "moving_shapes", lambda tmp: write_splits(tmp, record, progress))
 
 
-def holds_dataset(out: Path, record: dict) -> bool:
-    """True if `out` holds the finished dataset `record` describes; an error if it holds another one."""
-    marker = out / "dataset.json"
-    if not marker.is_file():
-        return False
-    try:
-        existing = json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SpatialProbeError(f"{marker}: unreadable ({err}); delete {out} to regenerate it") from None
-    if existing != record:
-        raise SpatialProbeError(f"{out} already holds a dataset with other parameters or generator version; "
-                                "choose another --out or delete it")
-    return True
-
-
-def write_dataset(out: Path, record: dict, progress: bool) -> None:
-    """Every split into a temporary folder, renamed to `out` once complete."""
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700 folders, which a group could not read
-        drawing = {**NEW_DEFAULTS, **record, **PRESETS.get(record["preset"], {})}
-        for split, count in zip(SPLITS, (record["n_train"], record["n_val"], record["n_test"])):
-            write_split(tmp, split, count, drawing, progress)
-        (tmp / "dataset.json").write_text(json.dumps(record, indent=2))  # written last: marks a complete dataset
-        try:
-            os.rename(tmp, out)  # atomically replaces an empty `out`
-        except OSError:
-            if not holds_dataset(out, record):  # a writer without the lock got there first with the same dataset
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def write_splits(folder: Path, record: dict, progress: bool) -> None:
+    """Every split of the dataset `record` describes, drawn into `folder`."""
+    drawing = {**NEW_DEFAULTS, **record, **PRESETS.get(record["preset"], {})}
+    for split, count in zip(SPLITS, (record["n_train"], record["n_val"], record["n_test"])):
+        write_split(folder, split, count, drawing, progress)
 
 
 def validate(params: dict) -> None:

@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 from ..errors import SpatialProbeError
-from ..files import umask_mode
+from .generated import install_dataset, seeded_items
 
 SHAPES = ("circle", "square", "triangle", "ellipse", "star")
 BACKGROUNDS = ("plain", "noise", "texture")
@@ -196,13 +192,7 @@ def write_split(root: Path, split: str, count: int, params: dict, categories: di
     folder = root / "images" / split
     folder.mkdir(parents=True)
     images, annotations = [], []
-    indices = range(count)
-    if progress:
-        from rich.progress import track
-
-        indices = track(indices, description=f"synthetic_shapes {split}")
-    for index in indices:
-        rng = np.random.default_rng([params["seed"], SPLITS.index(split), index])
+    for index, rng in seeded_items(params["seed"], SPLITS.index(split), count, progress, f"synthetic_shapes {split}"):
         pixels, objects = render_image(params, rng)
         name = f"{split}_{index:05d}.png"
         Image.fromarray(pixels).save(folder / name)
@@ -239,59 +229,15 @@ def generate_synthetic_shapes(out: str | Path, *, n_train: int = 300, n_val: int
                if v != NEW_DEFAULTS[k]}
     validate(params)
     record = {"generator": "synthetic_shapes", "version": GENERATOR_VERSION, **params}
-    if holds_dataset(out, record):  # checked before locking: a finished dataset may sit in a read-only folder
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out.parent / f".{out.name}.lock")):
-        if holds_dataset(out, record):  # a concurrent writer finished it while we waited
-            return out
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise SpatialProbeError(f"{out} exists and is not a synthetic_shapes dataset; choose an empty folder")
-        remove_stale_temporaries(out)
-        write_dataset(out, record, progress)
-    return out
+    return install_dataset(out, record, "synthetic_shapes", lambda tmp: write_splits(tmp, record, progress))
 
 
-def holds_dataset(out: Path, record: dict) -> bool:
-    """True if `out` holds the finished dataset `record` describes; an error if it holds another one."""
-    marker = out / "dataset.json"
-    if not marker.is_file():
-        return False
-    try:
-        existing = json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SpatialProbeError(f"{marker}: unreadable ({err}); delete {out} to regenerate it") from None
-    if existing != record:
-        raise SpatialProbeError(f"{out} already holds a synthetic_shapes dataset with other parameters or "
-                                "generator version; choose another --out or delete it")
-    return True
-
-
-def remove_stale_temporaries(out: Path) -> None:
-    """Temporary folders of killed writers (the caller holds the lock, so none is being written)."""
-    for sibling in out.parent.glob(f".{out.name}.tmp-*"):
-        shutil.rmtree(sibling, ignore_errors=True)
-
-
-def write_dataset(out: Path, record: dict, progress: bool) -> None:
-    """Every split into a temporary folder, renamed to `out` once complete."""
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700 folders, which a group could not read
-        categories = {name: i + 1 for i, name in enumerate(record["shapes"])}
-        drawing = {**NEW_DEFAULTS, **record, **PRESETS.get(record["preset"], {})}
-        for split, count in zip(SPLITS, (record["n_train"], record["n_val"], record["n_test"])):
-            write_split(tmp, split, count, drawing, categories, progress)
-        # written last: its presence marks a complete dataset
-        (tmp / "dataset.json").write_text(json.dumps(record, indent=2))
-        try:
-            os.rename(tmp, out)  # atomically replaces an empty `out`
-        except OSError:
-            # a writer that did not take the lock got there first: its identical dataset will do
-            if not holds_dataset(out, record):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def write_splits(folder: Path, record: dict, progress: bool) -> None:
+    """Every split of the dataset `record` describes, drawn into `folder`."""
+    categories = {name: i + 1 for i, name in enumerate(record["shapes"])}
+    drawing = {**NEW_DEFAULTS, **record, **PRESETS.get(record["preset"], {})}
+    for split, count in zip(SPLITS, (record["n_train"], record["n_val"], record["n_test"])):
+        write_split(folder, split, count, drawing, categories, progress)
 
 
 def colour_choice(colors) -> str | list[str]:

@@ -85,6 +85,24 @@ def config_value(config: Any, key: str) -> Any:
     return config[key] if isinstance(config, dict) else getattr(config, key)
 
 
+def load_remote(backbone: HookedBackbone, resolution: int | None, fixed: str) -> None:
+    """A CogVLM2 checkpoint's own model and tokenizer (remote code only, refused before anything loads otherwise)
+    into `backbone`, and its fixed input size: `resolution` may only repeat it (`fixed`: what the position table
+    fixes, for the message)."""
+    refuse_without_remote_code(backbone.load_options.trust_remote_code, backbone.family, backbone.name_or_path)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    backbone.model = backbone.load_model(AutoModelForCausalLM)
+    backbone.tokenizer = backbone.load_processor(AutoTokenizer)
+    vision = backbone.model.config.vision_config
+    backbone.resolution = int(config_value(vision, "image_size"))
+    backbone.patch = int(config_value(vision, "patch_size"))
+    if resolution is not None and int(resolution) != backbone.resolution:
+        raise SpatialProbeError(f"{backbone.family}: the position table fixes {fixed} at {backbone.resolution} px; "
+                                f"resolution {resolution} is not possible")
+    backbone.side, backbone.merged_side = grid_sides(backbone.resolution, backbone.patch)
+
+
 @dataclass
 class Layout:
     boi: torch.Tensor  # [B] position of boi in the LLM sequence
@@ -102,17 +120,7 @@ class CogVLM2Backbone(HookedBackbone):
     def __init__(self, name_or_path: str, device: str = "cpu", dtype: str = "float32", resolution: int | None = None,
                  **load_options):
         super().__init__(name_or_path, device, dtype, **load_options)
-        refuse_without_remote_code(self.load_options.trust_remote_code, self.family, self.name_or_path)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.model = self.load_model(AutoModelForCausalLM)
-        self.tokenizer = self.load_processor(AutoTokenizer)
-        vision = self.model.config.vision_config
-        self.resolution, self.patch = int(config_value(vision, "image_size")), int(config_value(vision, "patch_size"))
-        if resolution is not None and int(resolution) != self.resolution:
-            raise SpatialProbeError(f"{self.family}: the position table fixes the input at {self.resolution} px; "
-                                    f"resolution {resolution} is not possible")
-        self.side, self.merged_side = grid_sides(self.resolution, self.patch)
+        load_remote(self, resolution, "the input")
 
     @property
     def vision(self) -> torch.nn.Module:

@@ -33,8 +33,7 @@ from PIL import Image
 from ..errors import SpatialProbeError
 from ..features import TokenFeatures
 from .base import HookedBackbone, Sample, is_clip
-from .cogvlm2 import (CLIP_MEAN, CLIP_STD, VISION_TOKEN_TYPE, CogVLM2Backbone, config_value, grid_sides,
-                      refuse_without_remote_code, split_boi_eoi)
+from .cogvlm2 import CLIP_MEAN, CLIP_STD, VISION_TOKEN_TYPE, CogVLM2Backbone, grid_sides, load_remote, split_boi_eoi
 from .frames import clip_lengths
 from .layout import clip_grid_features, gather_tokens, step_times
 from .vit import resize_whole
@@ -101,17 +100,7 @@ class CogVLM2VideoBackbone(HookedBackbone):
     def __init__(self, name_or_path: str, device: str = "cpu", dtype: str = "float32", resolution: int | None = None,
                  **load_options):
         super().__init__(name_or_path, device, dtype, **load_options)
-        refuse_without_remote_code(self.load_options.trust_remote_code, self.family, self.name_or_path)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.model = self.load_model(AutoModelForCausalLM)
-        self.tokenizer = self.load_processor(AutoTokenizer)
-        vision = self.model.config.vision_config
-        self.resolution, self.patch = int(config_value(vision, "image_size")), int(config_value(vision, "patch_size"))
-        if resolution is not None and int(resolution) != self.resolution:
-            raise SpatialProbeError(f"{self.family}: the position table fixes each frame at {self.resolution} px; "
-                                    f"resolution {resolution} is not possible")
-        self.side, self.merged_side = grid_sides(self.resolution, self.patch)
+        load_remote(self, resolution, "each frame")
         self.template = getattr(self.model.config, "template_version", None) or DEFAULT_TEMPLATE
 
     # the same module paths as CogVLM2: CogVLMVideoModel keeps `vision` (EVA2CLIPModel) and `layers`

@@ -101,14 +101,16 @@ class LlavaNextBackbone(HookedBackbone):
                      "llm.layer.<i>; tokens = base tile + unpadded high-res mosaic, newlines in extra")
     weights_source = "hub id or folder (llava-hf/llava-v1.6-*-hf)"
     offline_test = "yes (tiny)"
+    #: the transformers class that loads the checkpoint (the video family loads its own through this)
+    model_class = "LlavaNextForConditionalGeneration"
 
     def __init__(self, name_or_path: str, device: str = "cpu", dtype: str = "float32", resolution: int | None = None,
                  **load_options):
         super().__init__(name_or_path, device, dtype, **load_options)
-        from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+        import transformers
 
-        self.model = self.load_model(LlavaNextForConditionalGeneration)
-        self.processor = self.load_processor(AutoProcessor)
+        self.model = self.load_model(getattr(transformers, self.model_class))
+        self.processor = self.load_processor(transformers.AutoProcessor)
         config = self.model.config
         self.tile, self.patch = int(config.vision_config.image_size), int(config.vision_config.patch_size)
         self.pinpoints = [list(map(int, p)) for p in config.image_grid_pinpoints]

@@ -24,10 +24,10 @@ import torch
 
 from ..errors import SpatialProbeError
 from ..features import TokenFeatures, grid_footprints
-from .base import HookedBackbone, Sample, is_clip
+from .base import Sample, is_clip
 from .frames import check_context, clip_lengths, frame_times, llm_context, repeat_per_step
 from .layout import gather_tokens, token_positions
-from .llava_next import DESCRIBE, LlavaNextBackbone, anyres_layout
+from .llava_next import DESCRIBE, LlavaNextBackbone
 from .vit import resize_whole
 
 FALLBACK_VIDEO_PROMPT = "USER: <video>\n{} ASSISTANT:"
@@ -61,21 +61,7 @@ class LlavaNextVideoBackbone(LlavaNextBackbone):
 
     def __init__(self, name_or_path: str, device: str = "cpu", dtype: str = "float32", resolution: int | None = None,
                  **load_options):
-        # LLaVA-NeXT's set-up with this family's class: the same attributes, layout and checks
-        HookedBackbone.__init__(self, name_or_path, device, dtype, **load_options)
-        import transformers
-
-        self.model = self.load_model(getattr(transformers, self.model_class))
-        self.processor = self.load_processor(transformers.AutoProcessor)
-        config = self.model.config
-        self.tile, self.patch = int(config.vision_config.image_size), int(config.vision_config.patch_size)
-        self.pinpoints = [list(map(int, p)) for p in config.image_grid_pinpoints]
-        self._check_processor()
-        self.resolution = int(resolution or self.default_resolution())
-        if self.resolution < self.patch:
-            raise SpatialProbeError(f"{self.family}: resolution {self.resolution} is below the patch size {self.patch}")
-        self.layout = anyres_layout(self.resolution, self.tile, self.patch, self.pinpoints)
-        self.prompt = self.prompt_for(DESCRIBE)
+        super().__init__(name_or_path, device, dtype, resolution, **load_options)  # LLaVA-NeXT's, with model_class
         self.video_prompt = self.video_prompt_for(DESCRIBE)
         self.frame_side = self.tile // self.patch
         self.pooled_footprints = self.video_pooled_footprints()
