@@ -154,3 +154,12 @@ def test_adapter_hours_grow_with_the_training_budget_and_clip_hours_with_the_fra
     base = phase2_estimate()
     frames = phase2_estimate(temporal={"data": {"kind": "ssv2", "path": "/data/ssv2", "frames": 32}})
     assert frames["temporal_gpu_hours"] > 1.5 * base["temporal_gpu_hours"]
+
+
+def test_the_disk_estimate_counts_every_clip_view_of_every_video_model():
+    base = phase2_estimate()
+    assert base["clip_disk_gb"] > 0 and base["disk_gb"] > base["clip_disk_gb"]
+    doubled = phase2_estimate(temporal={"data": {"kind": "ssv2", "path": "/data/ssv2", "frames": 32}})
+    assert doubled["clip_disk_gb"] == pytest.approx(2 * base["clip_disk_gb"])  # the config reads 16 frames
+    without = phase2_estimate(temporal={"controls": {"frames_shuffled": False, "frame_repeated": False}})
+    assert without["clip_disk_gb"] == pytest.approx(base["clip_disk_gb"] * 2 / 5)  # forward and reversed of 5 views

@@ -555,6 +555,22 @@ def temporal_flops(config: RunConfig, runs) -> float:
     return flops
 
 
+def clip_disk_bytes(config: RunConfig, runs) -> int:
+    """What the temporal task stores: every clip view of both splits, each frame priced as one image of the run's
+    stages (an upper bound for models that merge frames). Runs sharing a model share it, as extraction does."""
+    if "temporal_probe" not in config.tasks:
+        return 0
+    from .tasks.temporal_probe import extraction_views, reads_video
+
+    train, test = clip_counts(config)
+    clips = len(extraction_views(config)) * (train + test) * config.temporal.data.frames
+    stored = {}
+    for run in runs:
+        if run.control != "reference" and not run.spec.parts and reads_video(run.family):
+            stored[run.spec.key()] = stage_bytes(run_stages(run), run.spec.pool)
+    return clips * sum(stored.values())
+
+
 def phase2_flops(config: RunConfig, runs) -> dict[str, float]:
     """FLOPs of the Phase 2 tasks: CKA of every stage of every run, and one adapter per run at its widest stage
     (the judged stage is not known before the models are read; the widest is the dearest)."""
@@ -664,7 +680,8 @@ def estimate(config: RunConfig, runs, models: list[dict], fit_flops: float) -> d
             "probe_fit_pflop": fit_flops / 1e15,
             "host_ram_gb": ((largest["extraction_ram_bytes"] if largest else 0) + accumulators) / 1e9,
             "host_ram_model": largest and largest["runs"][0],
-            "disk_gb": sum(m["disk_bytes"] for m in models) / 1e9,
+            "disk_gb": (sum(m["disk_bytes"] for m in models) + clip_disk_bytes(config, runs)) / 1e9,
+            "clip_disk_gb": clip_disk_bytes(config, runs) / 1e9,
             "assumptions": ASSUMPTIONS}
 
 
@@ -674,7 +691,7 @@ ASSUMPTIONS = (f"forward FLOPs per image = 2 x parameters x tokens + 4 x layers 
                f"writes, bitsandbytes 4bit x{QUANTIZED_SLOWDOWN['4bit']:.0f} "
                f"and 8bit x{QUANTIZED_SLOWDOWN['8bit']:.0f} slower; probe fits 2 n^2 N C (linear Gram) + "
                f"2 C^2 n N (dense) at {PROBE_FLOPS / 1e12:.0f} TFLOP/s; disk = tokens x channels x 2 bytes per stored "
-               f"stage and image; Phase 2: CKA Gram matrices and per-position sums at the probe-fit rate, "
+               f"stage and image (and clip frame, every view); Phase 2: CKA Gram matrices and per-position sums at the probe-fit rate, "
                f"adapters 3 x 2 x parameters x latent cells per training image, decoding {VAE_DECODE_FACTOR:.0f}x the VAE "
                f"encoder's FLOPs per image, {DECODES_PER_IMAGE} decodes per test image, clips as frames x one image's forward per "
                f"view (moving shapes: the generator's counts, else {DEFAULT_CLIPS} clips); host RAM = the largest extraction job (batches up to the {SPILL_BYTES / 2**30:.0f} GiB spill "
