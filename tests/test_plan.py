@@ -163,3 +163,19 @@ def test_the_disk_estimate_counts_every_clip_view_of_every_video_model():
     assert doubled["clip_disk_gb"] == pytest.approx(2 * base["clip_disk_gb"])  # the config reads 16 frames
     without = phase2_estimate(temporal={"controls": {"frames_shuffled": False, "frame_repeated": False}})
     assert without["clip_disk_gb"] == pytest.approx(base["clip_disk_gb"] * 2 / 5)  # forward and reversed of 5 views
+
+
+def test_runs_of_one_checkpoint_read_the_clips_once():
+    import yaml
+
+    from spatialprobe.plan import plan_jobs
+
+    raw = yaml.safe_load(PHASE2.read_text())
+    raw["alignment"].pop("phase1_run", None)
+    raw["temporal"]["probes"] = ["linear"]  # no per-run probe training: only the clips' extraction is priced
+    once = plan_jobs(parse_config(raw))["estimate"]
+    renamed = dict(raw["models"][0], name="the-same-checkpoint-again")
+    raw["models"].append(renamed)
+    twice = plan_jobs(parse_config(raw))["estimate"]
+    assert twice["temporal_gpu_hours"] == pytest.approx(once["temporal_gpu_hours"])
+    assert twice["clip_disk_gb"] == pytest.approx(once["clip_disk_gb"])

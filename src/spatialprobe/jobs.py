@@ -147,6 +147,13 @@ def spec_group(job) -> str:
     return job.spec.key()
 
 
+def info_key(spec: ModelSpec) -> str:
+    """Where a model's `InfoJob` output (its description and stage list) is kept in the run's result store."""
+    from .store.results import result_key
+
+    return result_key(what="model-info", model=spec.key())
+
+
 @dataclass(frozen=True)
 class InfoJob:
     """What the loaded model is: its description (weights fingerprint, preprocessing) and its stage list."""

@@ -526,49 +526,53 @@ def clip_counts(config: RunConfig) -> tuple[int, int]:
     """(train, test) clips of the temporal task: the generator's counts for moving shapes, else stated."""
     data = config.temporal.data
     if data.kind == "moving_shapes":
-        from .data.moving_shapes import generate_moving_shapes
-        import inspect
+        from .config import moving_shapes_options
 
-        defaults = {k: p.default for k, p in inspect.signature(generate_moving_shapes).parameters.items()}
-        options = {**defaults, **data.moving_shapes}
-        return int(options["n_train"]), int(options["n_test"])
+        options = moving_shapes_options().model_validate(data.moving_shapes)  # the generator's own defaults
+        return options.n_train, options.n_test
     return int(DEFAULT_CLIPS * 0.8), int(DEFAULT_CLIPS * 0.2)
 
 
-def temporal_flops(config: RunConfig, runs) -> float:
-    """The temporal task: every clip view through every video-reading run (each frame priced as one image: an
-    upper bound for models that merge frames), and the attentive probe's training over the stage's tokens."""
-    from .tasks.temporal_probe import extraction_views, reads_video
+def video_runs(runs) -> list:
+    """The runs the temporal task reads clips through: models and controls whose family reads video (not the
+    reference, not a hybrid)."""
+    from .tasks.temporal_probe import reads_video
+
+    return [r for r in runs if r.control != "reference" and not r.spec.parts and reads_video(r.family)]
+
+
+def clip_frames(config: RunConfig) -> int:
+    """Frames one model reads for the temporal task: every view of both splits."""
+    from .tasks.temporal_probe import extraction_views
 
     train, test = clip_counts(config)
-    frames, views = config.temporal.data.frames, len(extraction_views(config))
-    budget = config.temporal.attentive
-    flops = 0.0
-    for run in runs:
-        if run.control == "reference" or run.spec.parts or not reads_video(run.family):
-            continue
-        cost = model_cost(run.spec)
-        flops += views * (train + test) * frames * cost.flops
-        if "attentive" in config.temporal.probes:
+    return len(extraction_views(config)) * (train + test) * config.temporal.data.frames
+
+
+def temporal_flops(config: RunConfig, runs) -> float:
+    """The temporal task: every clip view through every video-reading model once (runs of one checkpoint share
+    it, as extraction does; each frame priced as one image: an upper bound for models that merge frames), and each
+    run's attentive probe training over its stages' tokens."""
+    runs, budget, frames = video_runs(runs), config.temporal.attentive, config.temporal.data.frames
+    models = {run.spec.key(): run.spec for run in runs}
+    flops = clip_frames(config) * sum(model_cost(spec).flops for spec in models.values())
+    if "attentive" in config.temporal.probes:
+        for run in runs:
             tokens = max((s.tokens for s in run_stages(run)), default=0) * frames
             flops += len(run_stages(run)) * TRAIN_PASSES * budget.steps * budget.batch * 4 * tokens * budget.width
     return flops
 
 
 def clip_disk_bytes(config: RunConfig, runs) -> int:
-    """What the temporal task stores: every clip view of both splits, each frame priced as one image of the run's
-    stages (an upper bound for models that merge frames). Runs sharing a model share it, as extraction does."""
+    """What the temporal task stores: every clip view of both splits, each frame priced as one image of the
+    stages read (an upper bound for models that merge frames); runs of one checkpoint share it, as extraction does."""
     if "temporal_probe" not in config.tasks:
         return 0
-    from .tasks.temporal_probe import extraction_views, reads_video
-
-    train, test = clip_counts(config)
-    clips = len(extraction_views(config)) * (train + test) * config.temporal.data.frames
-    stored = {}
-    for run in runs:
-        if run.control != "reference" and not run.spec.parts and reads_video(run.family):
-            stored[run.spec.key()] = stage_bytes(run_stages(run), run.spec.pool)
-    return clips * sum(stored.values())
+    stored: dict[str, int] = {}
+    for run in video_runs(runs):
+        key = run.spec.key()
+        stored[key] = max(stored.get(key, 0), stage_bytes(run_stages(run), run.spec.pool))
+    return clip_frames(config) * sum(stored.values())
 
 
 def phase2_flops(config: RunConfig, runs) -> dict[str, float]:

@@ -21,11 +21,11 @@ from .decision import judged_stage
 from .errors import SpatialProbeError
 from .extract import plan_shards, shard_keys
 from .files import write_atomic
-from .jobs import (ClipDataRef, ComposeJob, DataRef, ExtractJob, InfoJob, RunInfo, VerifyJob, open_job_model, run_model_job,
-                   run_task_job, spec_group)
+from .jobs import (ClipDataRef, ComposeJob, DataRef, ExtractJob, InfoJob, RunInfo, VerifyJob, info_key, open_job_model,
+                   run_model_job, run_task_job, spec_group)
 from .progress import JobProgress
 from .stages import resolve_stages
-from .store.results import ResultCache, result_key
+from .store.results import ResultCache
 from .spec import ModelSpec
 from .tasks import PlanContext
 from .tasks.spatial_probe import MASK_SIZE, probe_key, probe_split, resize_mask  # noqa: F401 (public names)
@@ -310,10 +310,6 @@ class Run:
 
     def save_manifest(self) -> None:
         write_atomic(self.out / "manifest.json", json.dumps(self.manifest, indent=2))
-
-
-def info_key(spec: ModelSpec) -> str:
-    return result_key(what="model-info", model=spec.key())
 
 
 def model_info_known(state: Run, members: list[RunInfo], info: dict) -> None:

@@ -82,10 +82,11 @@ class ClipsJob:
 
 def known_stages(run, ctx: PlanContext) -> list[str] | None:
     """The run's resolved stages when an earlier run described its model (the runner's model-info record)."""
+    from ..jobs import info_key
     from ..stages import resolve_stages
-    from ..store.results import ResultCache, result_key
+    from ..store.results import ResultCache
 
-    info = ResultCache(ctx.results_root).get(result_key(what="model-info", model=run.spec.key()))
+    info = ResultCache(ctx.results_root).get(info_key(run.spec))
     return None if info is None else resolve_stages(run.stages, info[0]["stages"], run.label)
 
 
