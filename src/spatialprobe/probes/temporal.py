@@ -3,7 +3,8 @@
 Nothing here ever pools over time: a mean over time is the same for a clip and its reverse, so it would
 put ordering at chance by construction. Two probes read the tokens:
 - linear: tokens pooled per time step (a mean over the tokens of that step only), the steps concatenated
-  in time order, then logistic regression with C chosen by a seeded stratified K-fold on train only.
+  in time order, then a ridge classifier (closed form, `probes.ridge`) whose alpha is chosen by exact
+  leave-one-clip-out error on train only.
 - attentive: a V-JEPA-style cross-attention pooler (`probes.attentive`) over all tokens, each with
   sinusoidal codes of its footprint centre and time centre, trained with a fixed, seeded budget.
 
@@ -28,13 +29,11 @@ from ..errors import SpatialProbeError
 from ..features import TokenFeatures
 from ..metrics import mean_ci
 from .attentive import fit_attentive, require_times
+from .ridge import RidgeFit, RidgeSolver
 from .scoring import Scored
 
 PROBES = ("linear", "attentive")
 METRICS = ("direction_accuracy", "ordering_accuracy", "pairwise_order_accuracy")
-#: inverse regularization strengths tried by the linear probe's internal cross-validation
-C_GRID = np.logspace(-4, 2, 7)
-CV_FOLDS = 5
 #: times are computed per token; equal intervals are compared after rounding to this many decimals
 TIME_DECIMALS = 5
 CHANCE = 0.5  # ordering and pairwise order are balanced two-way choices
@@ -127,25 +126,44 @@ def pairwise_order_accuracy(predicted, truth, clip_of_pair, n_boot: int = 1000, 
 
 
 # --- the linear probe --------------------------------------------------------------------------------
-def fit_linear(x: np.ndarray, y: np.ndarray, seed: int = 0, folds: int = CV_FOLDS):
-    """Standardized logistic regression, C chosen from C_GRID by seeded stratified K-fold on (x, y) only."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+@dataclass(frozen=True)
+class LinearClassifier:
+    """A ridge classifier: one-hot targets regressed in closed form (`probes.ridge`), the class with the
+    largest output predicted; alpha chosen by exact leave-one-group-out error on the training rows only."""
+    fit: RidgeFit
+    classes: np.ndarray
 
-    smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
-    if smallest < 2:
-        raise SpatialProbeError("temporal probe: a class has fewer than 2 training clips; the linear probe cannot choose C")
-    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    cv = StratifiedKFold(n_splits=min(folds, smallest), shuffle=True, random_state=seed)
-    search = GridSearchCV(pipeline, {"logisticregression__C": C_GRID}, cv=cv)
-    return search.fit(np.asarray(x, dtype=np.float64), y).best_estimator_
+    def predict(self, x: torch.Tensor) -> np.ndarray:
+        return self.classes[self.fit.predict(x).argmax(1).numpy()]
 
 
-def linear_predictions(train: torch.Tensor, train_y, test: torch.Tensor, seed: int = 0) -> np.ndarray:
-    model = fit_linear(train.double().numpy(), np.asarray(train_y), seed)
-    return model.predict(test.double().numpy())
+def fit_linear(x: torch.Tensor, y, groups=None) -> LinearClassifier:
+    """Ridge classifier on (x, y). `groups` (one id per row, every group the same size) are left out
+    together when alpha is chosen: rows of one clip (its forward and reversed view, its pairs of steps)
+    would otherwise vouch for each other and favour too little shrinkage."""
+    y = np.asarray(y)
+    if np.bincount(y)[np.bincount(y) > 0].min() < 2:
+        raise SpatialProbeError("temporal probe: a class has fewer than 2 training clips; the linear probe cannot choose alpha")
+    classes, encoded = np.unique(y, return_inverse=True)
+    order, group_size = group_order(groups, len(y))
+    targets = torch.nn.functional.one_hot(torch.from_numpy(encoded), len(classes)).double()
+    solver = RidgeSolver(torch.as_tensor(x, dtype=torch.float64)[order])
+    return LinearClassifier(solver.fit(targets[order], group_size=group_size), classes)
+
+
+def group_order(groups, rows: int) -> tuple[torch.Tensor, int]:
+    """The row order that makes each group a contiguous block, and the groups' common size."""
+    if groups is None:
+        return torch.arange(rows), 1
+    groups = np.asarray(groups)
+    sizes = np.unique(np.unique(groups, return_counts=True)[1])
+    if len(sizes) != 1:
+        raise SpatialProbeError(f"temporal probe: groups of the linear probe differ in size ({sizes.tolist()})")
+    return torch.from_numpy(np.argsort(groups, kind="stable")), int(sizes[0])
+
+
+def linear_predictions(train: torch.Tensor, train_y, test: torch.Tensor, groups=None) -> np.ndarray:
+    return fit_linear(train, train_y, groups).predict(test)
 
 
 # --- probes -> results -------------------------------------------------------------------------------
@@ -163,10 +181,12 @@ class TemporalResult:
     predictions: np.ndarray
 
 
-def classify(probe: str, train: TokenFeatures, train_y, test: TokenFeatures, seed: int, budget: dict | None) -> np.ndarray:
-    """Labels predicted for `test` by `probe` fitted on `train` (budget: `fit_attentive` keywords)."""
+def classify(probe: str, train: TokenFeatures, train_y, test: TokenFeatures, seed: int, budget: dict | None,
+             groups=None) -> np.ndarray:
+    """Labels predicted for `test` by `probe` fitted on `train` (budget: `fit_attentive` keywords; groups:
+    the linear probe's clip of each training row, see `fit_linear`)."""
     if probe == "linear":
-        return linear_predictions(time_steps(train).flat(), train_y, time_steps(test).flat(), seed)
+        return linear_predictions(time_steps(train).flat(), train_y, time_steps(test).flat(), groups)
     if probe == "attentive":
 
         return fit_attentive(train, train_y, seed=seed, **(budget or {})).predict(test)
@@ -200,7 +220,8 @@ def probe_ordering(train_forward: TokenFeatures, train_reversed: TokenFeatures, 
     train = TokenFeatures.concat([train_forward, train_reversed])
     test = TokenFeatures.concat([test_forward, test_reversed])
     labels = np.r_[np.ones(n_train, int), np.zeros(n_train, int)]
-    predicted = classify(probe, train, labels, test, seed, budget).reshape(2, n_test)
+    clip_of_row = np.r_[np.arange(n_train), np.arange(n_train)]
+    predicted = classify(probe, train, labels, test, seed, budget, clip_of_row).reshape(2, n_test)
     ceiling, ceiling_reason = temporal_ceiling(test, "ordering_accuracy")
     return TemporalResult("ordering_accuracy", probe, ordering_accuracy(predicted[0], predicted[1], n_boot, seed),
                           CHANCE, "chance: every clip is seen forward and reversed", ceiling, ceiling_reason,
@@ -241,7 +262,7 @@ def probe_pairwise_order(train: TokenFeatures, test: TokenFeatures, pairs_per_cl
     train_pairs = step_pairs(len(train.tokens), len(train_steps.intervals), pairs_per_clip, rng)
     test_pairs = step_pairs(len(test.tokens), steps, pairs_per_clip, rng)
     predicted = linear_predictions(pair_features(train_steps.pooled, train_pairs), train_pairs[:, 3],
-                                   pair_features(test_steps.pooled, test_pairs), seed)
+                                   pair_features(test_steps.pooled, test_pairs), groups=train_pairs[:, 0])
     score = pairwise_order_accuracy(predicted, test_pairs[:, 3], test_pairs[:, 0], n_boot, seed)
     return TemporalResult("pairwise_order_accuracy", "linear", score, CHANCE, "chance: every pair is seen in both orders",
                           ceiling, ceiling_reason, np.asarray(predicted))

@@ -13,14 +13,17 @@ PROBE_STYLES = {"linear": "-", "attentive": "--"}
 VIEW_MARKERS = {"shuffled": "v", "repeated": "s"}
 VIEW_NAMES = {"shuffled": "frames shuffled", "repeated": "one frame repeated"}
 CAPTION = (
-    "Probes on each stage's tokens of the clips, never pooled over time: linear = logistic regression on the tokens "
+    "Probes on each stage's tokens of the clips, never pooled over time: linear = a ridge classifier on the tokens "
     "pooled per time step and concatenated in time order; attentive = a small cross-attention pooler over all "
     "tokens with their place and time codes (fixed, seeded budget). x: every model's stages on one axis; solid: "
     "linear, dashed: attentive; shaded: the 95% bootstrap interval over test clips. Grey dashed: the floor (the "
     "majority class, or chance); grey dotted: the ceiling, what the stage's time resolution allows (a stage whose "
     "tokens all span one interval of the clip cannot order anything: its ordering ceiling is chance). Markers at "
     "the judged stage: the control views (\u25bc frames shuffled within each clip, \u25a0 one frame repeated), on "
-    "which ordering should fall to chance; the verdict never reads them.")
+    "which ordering should fall to chance; the verdict never reads them. Pairwise order is read from the time "
+    "steps' features, so at a stage that writes each token's position into it (time codes, an LLM's positions and "
+    "causal attention) it can come from the position rather than the motion: where the frames-shuffled marker "
+    "stays high, that is what it measures.")
 
 
 def forward_rows(rows: list[dict]) -> list[dict]:
