@@ -139,6 +139,11 @@ def test_dry_run_of_the_modc_config_lists_the_tuned_run_and_its_hours():
     plan = plan_jobs(config)
     tuned = [r for r in plan["runs"] if r["name"] == "qwen2.5-vl-7b [Mod C]"]
     assert tuned and tuned[0]["control"].startswith("lora:")
+    # the dry run's top table: the tuned run's row is its base's (weights, stages), named and controlled as the run
+    from spatialprobe.plan import plan as model_table
+    rows = {p.name: p for p in model_table(config)}
+    row, base = rows["qwen2.5-vl-7b [Mod C]"], rows["qwen2.5-vl-7b"]
+    assert row.control == tuned[0]["control"] and (row.params, row.stages) == (base.params, base.stages)
     estimate = plan["estimate"]
     assert estimate["finetune_gpu_hours"] > 0
     doubled = plan_jobs(config.model_copy(update={"finetune": config.finetune.model_copy(

@@ -127,7 +127,22 @@ def plan(config: RunConfig, trust_remote_code: bool = False) -> list[PlannedMode
         else:
             stages = stage_summary(local_config(run.path) if run.path else None, run.stages)
         planned.append(PlannedModel(run.name, run.family, run.control, stages, params, source, memory, shards))
-    return planned
+    return planned + tuned_rows(config, planned)
+
+
+def tuned_rows(config: RunConfig, planned: list[PlannedModel]) -> list[PlannedModel]:
+    """Mod C's tuned runs: their base's row (same weights, stages and extraction jobs; the adapter adds well
+    under 1% of the parameters), named and controlled as the run will be."""
+    from dataclasses import replace
+
+    from .finetune.runs import tuned_name
+    from .spec import spec_runs
+
+    if config.finetune is None:
+        return []
+    by_name = {p.name: p for p in planned}
+    return [replace(by_name[run.base], name=run.name, control=run.control) for run in spec_runs(config)
+            if run.base is not None and run.base in by_name and run.name == tuned_name(run.base)]
 
 
 # --- the plan as jobs: shared extractions, task jobs and the cost estimate (`run --dry-run --json`) ----------
