@@ -120,6 +120,39 @@ def test_a_rerun_reuses_the_stored_clip_features_and_rows(temporal_run, monkeypa
                      if r["task"] == "temporal_probe"]
 
 
+def test_temporal_stages_restrict_the_probed_stages_and_keep_the_judged_one(temporal_run, monkeypatch):
+    """`temporal.stages` names stages across models (llm.* matches nothing in DINOv2 or the pixels control and
+    selects nothing there); the judged stage is always probed. Its clips are already stored: nothing extracted."""
+    run_dir, config, base = temporal_run
+    from spatialprobe import extract
+
+    monkeypatch.setattr(extract, "run_shard", lambda *a, **k: pytest.fail("stored clips were extracted again"))
+    restricted = config.model_copy(update={"temporal": config.temporal.model_copy(
+        update={"stages": ["vision.block.0", "llm.layer.-1"]})})
+    rows = [r for r in rows_of(run(restricted, base / "restricted")) if r["task"] == "temporal_probe"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    dino = manifest["models"]["dino-tiny"]["stages"]
+    assert {r["stage"] for r in rows if r["model"] == "dino-tiny"} == {"vision.block.0", dino[-1]} != set(dino)
+    assert {r["stage"] for r in rows if r["model"] == "pixels"} == {"vision.embed"}
+
+
+def test_temporal_stages_shrink_the_dry_runs_clip_disk_estimate(temporal_run):
+    _, config, _ = temporal_run
+    from spatialprobe.plan import plan_jobs
+
+    restricted = config.model_copy(update={"temporal": config.temporal.model_copy(update={"stages": ["vision.embed"]})})
+    every, fewer = (plan_jobs(c)["estimate"]["clip_disk_gb"] for c in (config, restricted))
+    assert 0 < fewer < every
+
+
+@pytest.mark.parametrize("stage, message", [("vision block", "contains spaces"), ("-1", "without a stage family")])
+def test_a_bad_temporal_stage_is_one_line_naming_its_place(tmp_path, stage, message):
+    config = temporal_config(tmp_path)
+    config["temporal"]["stages"] = ["vision.embed", stage]
+    with pytest.raises(SpatialProbeError, match=r"temporal\.stages\[1\].*" + message):
+        parse_config(config, "c.yaml")
+
+
 def test_a_stage_whose_tokens_span_the_whole_clip_has_an_ordering_ceiling_at_chance(temporal_run):
     """The pixels control's stored clip features, each token said to span the whole clip, stored as another
     model's stage: the task's rows then bound ordering (and pairwise order) by chance, and say why."""

@@ -461,6 +461,19 @@ class TemporalConfig(Strict):
     #: pairs of time steps drawn per clip for pairwise frame order (each in both orders)
     pairs_per_clip: int = Field(8, ge=1)
     controls: TemporalControls = TemporalControls()
+    #: the stages clips are extracted and probed at, per run (the `stages:` syntax: names, negative indices,
+    #: patterns; the run's judged stage is always added). Default: every stage the run measures. Clips cost
+    #: views x clips x frames forwards and that many images' features per stage: `--dry-run` prices them
+    stages: list[str] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def stage_syntax(self) -> "TemporalConfig":
+        from .stages import stage_syntax_error
+
+        found = [(("stages", i), why) for i, s in enumerate(self.stages or []) if (why := stage_syntax_error(s))]
+        if found:
+            raise errors_at(found)
+        return self
 
 
 class FinetuneConfig(Strict):

@@ -269,6 +269,14 @@ def judged_stage(model: str, stages: list[str], config: DecisionConfig) -> str:
     return matches[-1]
 
 
+def configured_model(run) -> str:
+    """The `models` entry a run is judged as: a Mod C run as its base, a random-init control as its model."""
+    base = getattr(run, "base", None)
+    if base is not None:
+        return base if isinstance(base, str) else base.name
+    return run.name.removesuffix(RANDOM_INIT_SUFFIX)
+
+
 def variant_of(r: dict) -> str:
     """A row's variant (schema 2), or its control (schema 1 rows carry only that)."""
     return r.get("variant") or r.get("control") or "none"

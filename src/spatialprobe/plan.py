@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import RunConfig
+from .errors import SpatialProbeError
 from .extract import plan_shards
 from .store.spool import SPILL_BYTES
 
@@ -556,6 +557,24 @@ def video_runs(runs) -> list:
     return [r for r in runs if r.control != "reference" and not r.spec.parts and reads_video(r.family)]
 
 
+def clip_stage_shapes(config: RunConfig, run) -> list[StageShape]:
+    """The (estimated) stages a run's clips are stored and probed at (`temporal_probe.clip_stages`); the judged
+    stage from the estimated names, or the last one where decision.stage names none of them."""
+    from .decision import configured_model, judged_stage
+    from .tasks.temporal_probe import clip_stages
+
+    shapes = run_stages(run)
+    names = [s.name for s in shapes]
+    if not names:
+        return []
+    try:
+        judged = judged_stage(configured_model(run), names, config.decision)
+    except SpatialProbeError:
+        judged = names[-1]
+    kept = set(clip_stages(run, names, config, judged))
+    return [s for s in shapes if s.name in kept]
+
+
 def clip_frames(config: RunConfig) -> int:
     """Frames one model reads for the temporal task: every view of both splits."""
     from .tasks.temporal_probe import extraction_views
@@ -573,8 +592,9 @@ def temporal_flops(config: RunConfig, runs) -> float:
     flops = clip_frames(config) * sum(model_cost(spec).flops for spec in models.values())
     if "attentive" in config.temporal.probes:
         for run in runs:
-            tokens = max((s.tokens for s in run_stages(run)), default=0) * frames
-            flops += len(run_stages(run)) * TRAIN_PASSES * budget.steps * budget.batch * 4 * tokens * budget.width
+            shapes = clip_stage_shapes(config, run)
+            tokens = max((s.tokens for s in shapes), default=0) * frames
+            flops += len(shapes) * TRAIN_PASSES * budget.steps * budget.batch * 4 * tokens * budget.width
     return flops
 
 
@@ -586,7 +606,7 @@ def clip_disk_bytes(config: RunConfig, runs) -> int:
     stored: dict[str, int] = {}
     for run in video_runs(runs):
         key = run.spec.key()
-        stored[key] = max(stored.get(key, 0), stage_bytes(run_stages(run), run.spec.pool))
+        stored[key] = max(stored.get(key, 0), stage_bytes(clip_stage_shapes(config, run), run.spec.pool))
     return clip_frames(config) * sum(stored.values())
 
 

@@ -17,7 +17,7 @@ from .store.shards import FeatureCache, cache_key, default_cache_dir
 from .config import RunConfig
 from .data import clips_hash, dataset_hash, generate_synthetic_shapes, load_coco
 from .data.shapes import GENERATOR_VERSION
-from .decision import judged_stage
+from .decision import configured_model, judged_stage
 from .errors import SpatialProbeError
 from .extract import plan_shards, shard_keys
 from .files import write_atomic
@@ -324,8 +324,7 @@ def model_info_known(state: Run, members: list[RunInfo], info: dict) -> None:
                                            "stages": stages}
         if member.part_of or member.variant == "reference":
             continue
-        configured = member.base.name if member.base else member.name.removesuffix(" [random init]")
-        state.judged[member.name] = judged_stage(configured, stages, state.config.decision)
+        state.judged[member.name] = judged_stage(configured_model(member), stages, state.config.decision)
         # all_stages: the model's whole stage list, so the report places a subset at its true depth
         state.manifest["models"][member.name] = {**info["describe"], "label": member.label,
                                                  "control": member.variant, "stages": stages,

@@ -55,6 +55,21 @@ def still_only(family: str) -> str:
     return f"{family} reads still images only"
 
 
+def clip_stages(run, stages: list[str], config, judged: str | None = None) -> list[str]:
+    """The stages of `stages` (the run's, resolved) that clips are read at: those `temporal.stages` matches and
+    the judged stage (where the control views are measured), in model order; all of them when it is unset.
+    The list serves every model, so a selector a model lacks (llm.* for DINOv2, anything but the one stage of
+    the pixels control) selects nothing there."""
+    from ..decision import configured_model, judged_stage
+    from ..stages import match_stages
+
+    if config.temporal.stages is None:
+        return list(stages)
+    judged = judged or judged_stage(configured_model(run), stages, config.decision)
+    chosen = {s for selector in config.temporal.stages for s in match_stages(selector, stages)} | {judged}
+    return [s for s in stages if s in chosen]
+
+
 # --- model jobs: the clips of each view through the model -------------------------------------------------
 @dataclass(frozen=True)
 class ClipsJob:
@@ -74,20 +89,23 @@ class ClipsJob:
         from ..extract import ShardJob, run_shard
         from ..store.shards import FeatureCache
 
+        stages = clip_stages(self.model, backbone.resolve_stages(self.stages), self.config)
         run_shard(backbone, self.spec.key(), self.clips.split(self.split, self.view), self.clips.view_hash(self.view),
-                  ShardJob(self.split, self.start, self.stop), backbone.resolve_stages(self.stages),
+                  ShardJob(self.split, self.start, self.stop), stages,
                   FeatureCache(self.store_root), self.config.batch_size, pool=self.spec.pool)
         return []
 
 
 def known_stages(run, ctx: PlanContext) -> list[str] | None:
-    """The run's resolved stages when an earlier run described its model (the runner's model-info record)."""
+    """The run's resolved clip stages (`clip_stages`) when an earlier run described its model (the runner's model-info record)."""
     from ..jobs import info_key
     from ..stages import resolve_stages
     from ..store.results import ResultCache
 
     info = ResultCache(ctx.results_root).get(info_key(run.spec))
-    return None if info is None else resolve_stages(run.stages, info[0]["stages"], run.label)
+    if info is None:
+        return None
+    return clip_stages(run, resolve_stages(run.stages, info[0]["stages"], run.label), ctx.config)
 
 
 def clip_shards(run, ctx: PlanContext) -> list[tuple[str, object]]:
@@ -256,7 +274,8 @@ class TemporalProbeTask(NoJobs):
             return []
         if not reads_video(run.family):
             return [StillOnlyJob(run, ctx)]
-        jobs = [TemporalJob(run, stage, "forward", stage == judged, ctx) for stage in stages]
+        probed = clip_stages(run, stages, ctx.config, judged)
+        jobs = [TemporalJob(run, stage, "forward", stage == judged, ctx) for stage in probed]
         return jobs + [TemporalJob(run, judged, view, True, ctx) for view in control_views(ctx.config)]
 
     def section(self, manifest: dict, results: list[dict]) -> str:
