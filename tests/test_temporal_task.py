@@ -136,6 +136,21 @@ def test_temporal_stages_restrict_the_probed_stages_and_keep_the_judged_one(temp
     assert {r["stage"] for r in rows if r["model"] == "pixels"} == {"vision.embed"}
 
 
+def test_linear_probes_alone_stream_the_steps_and_give_the_same_rows(temporal_run, monkeypatch):
+    """With probes: [linear] the job pools each stored shard per time step as it reads it (never every token
+    in memory); the linear rows equal those of the run that held every token."""
+    run_dir, config, base = temporal_run
+    from spatialprobe.tasks import temporal_probe
+
+    monkeypatch.setattr(temporal_probe, "clip_features", lambda *a, **k: pytest.fail("every token was loaded"))
+    linear = config.model_copy(update={"temporal": config.temporal.model_copy(update={"probes": ["linear"]})})
+    streamed = [r for r in rows_of(run(linear, base / "linear")) if r["task"] == "temporal_probe"]
+    held = [r for r in rows_of(run_dir) if r["task"] == "temporal_probe" and r.get("probe") == "linear"]
+    measured = ("model", "stage", "view", "metric", "value", "ci_low", "ci_high", "floor", "ceiling")
+    assert streamed and sorted(tuple(r[k] for k in measured) for r in streamed) == sorted(
+        tuple(r[k] for k in measured) for r in held)
+
+
 def test_temporal_stages_shrink_the_dry_runs_clip_disk_estimate(temporal_run):
     _, config, _ = temporal_run
     from spatialprobe.plan import plan_jobs

@@ -2,7 +2,8 @@
 
 Nothing here ever pools over time: a mean over time is the same for a clip and its reverse, so it would
 put ordering at chance by construction. Two probes read the tokens:
-- linear: tokens pooled per time step (a mean over the tokens of that step only), the steps concatenated
+- linear: tokens pooled per time step (a mean over the tokens of that step only; `TimeSteps`, which a caller may
+  build shard by shard so that the tokens are never all in memory), the steps concatenated
   in time order, then a ridge classifier (closed form, `probes.ridge`) whose alpha is chosen by exact
   leave-one-clip-out error on train only.
 - attentive: a V-JEPA-style cross-attention pooler (`probes.attentive`) over all tokens, each with
@@ -49,6 +50,36 @@ class TimeSteps:
         """[B, T*C]: the steps' pooled tokens concatenated in time order (what the linear probe reads)."""
         return self.pooled.flatten(1)
 
+    @property
+    def tokens(self) -> torch.Tensor:  # what the probes count clips by, as in TokenFeatures
+        return self.pooled
+
+    @staticmethod
+    def concat(parts: list["TimeSteps"]) -> "TimeSteps":
+        """Clips of several shards (or views), which must share one time layout."""
+        for part in parts[1:]:
+            if not torch.equal(part.intervals, parts[0].intervals):
+                raise SpatialProbeError(f"temporal probe: clips of time steps {part.intervals.tolist()} and "
+                                        f"{parts[0].intervals.tolist()}; clips must share a time layout")
+        return TimeSteps(parts[0].intervals, torch.cat([p.pooled for p in parts]))
+
+
+#: what the linear probes read: a stage's tokens, or (streamed shard by shard, never holding the tokens) their steps
+Clips = TokenFeatures | TimeSteps
+
+
+def steps_of(clips: Clips) -> TimeSteps:
+    return clips if isinstance(clips, TimeSteps) else time_steps(clips)
+
+
+def joined(parts: list[Clips]) -> Clips:
+    return TimeSteps.concat(parts) if isinstance(parts[0], TimeSteps) else TokenFeatures.concat(parts)
+
+
+def check_times(clips: Clips) -> None:
+    if isinstance(clips, TokenFeatures):
+        require_times(clips)
+
 
 def step_index(features: TokenFeatures) -> tuple[torch.Tensor, torch.Tensor]:
     """The distinct intervals [T, 2] in time order (by start, then end) and each token's step [B, N]."""
@@ -83,14 +114,14 @@ def temporal_floor(test_labels, classes: int | None = None) -> tuple[float, str]
     return float(majority), f"majority class {int(counts.argmax())}: {counts.max()} of {len(labels)} test clips"
 
 
-def temporal_ceiling(features: TokenFeatures, metric: str) -> tuple[float, str]:
+def temporal_ceiling(features: Clips, metric: str) -> tuple[float, str]:
     """The best `metric` the stage's time resolution allows, and why. One time step (every token spans the
     same interval, e.g. the whole clip): no token's place in time can tell what comes first, so ordering
     and pairwise order are bounded by chance. A probe above that would read order from inside the tokens'
     content (e.g. a tubelet spanning the clip), which the report should then flag."""
     if metric not in METRICS:
         raise SpatialProbeError(f"temporal probe: unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
-    steps = len(step_index(features)[0])
+    steps = len(features.intervals if isinstance(features, TimeSteps) else step_index(features)[0])
     if metric == "direction_accuracy":
         return 1.0, f"{steps} time step(s): the time layout does not bound direction"
     if steps == 1:
@@ -181,24 +212,26 @@ class TemporalResult:
     predictions: np.ndarray
 
 
-def classify(probe: str, train: TokenFeatures, train_y, test: TokenFeatures, seed: int, budget: dict | None,
+def classify(probe: str, train: Clips, train_y, test: Clips, seed: int, budget: dict | None,
              groups=None) -> np.ndarray:
     """Labels predicted for `test` by `probe` fitted on `train` (budget: `fit_attentive` keywords; groups:
     the linear probe's clip of each training row, see `fit_linear`)."""
     if probe == "linear":
-        return linear_predictions(time_steps(train).flat(), train_y, time_steps(test).flat(), groups)
+        return linear_predictions(steps_of(train).flat(), train_y, steps_of(test).flat(), groups)
+    if probe == "attentive" and isinstance(train, TimeSteps):
+        raise SpatialProbeError("temporal probe: the attentive probe reads every token, not time steps pooled")
     if probe == "attentive":
 
         return fit_attentive(train, train_y, seed=seed, **(budget or {})).predict(test)
     raise SpatialProbeError(f"temporal probe: unknown probe {probe!r}; expected one of {', '.join(PROBES)}")
 
 
-def probe_direction(train: TokenFeatures, train_labels, test: TokenFeatures, test_labels, probe: str = "linear",
+def probe_direction(train: Clips, train_labels, test: Clips, test_labels, probe: str = "linear",
                     classes: int | None = None, seed: int = 0, n_boot: int = 1000,
                     budget: dict | None = None) -> TemporalResult:
     """direction_accuracy of `probe` fitted on the train clips' labels, scored on the test clips."""
     for features in (train, test):
-        require_times(features)
+        check_times(features)
     predicted = classify(probe, train, np.asarray(train_labels), test, seed, budget)
     floor, floor_reason = temporal_floor(test_labels, classes)
     ceiling, ceiling_reason = temporal_ceiling(test, "direction_accuracy")
@@ -206,19 +239,18 @@ def probe_direction(train: TokenFeatures, train_labels, test: TokenFeatures, tes
                           floor, floor_reason, ceiling, ceiling_reason, np.asarray(predicted))
 
 
-def probe_ordering(train_forward: TokenFeatures, train_reversed: TokenFeatures, test_forward: TokenFeatures,
-                   test_reversed: TokenFeatures, probe: str = "linear", seed: int = 0, n_boot: int = 1000,
+def probe_ordering(train_forward: Clips, train_reversed: Clips, test_forward: Clips,
+                   test_reversed: Clips, probe: str = "linear", seed: int = 0, n_boot: int = 1000,
                    budget: dict | None = None) -> TemporalResult:
     """ordering_accuracy: each clip's forward view is label 1, its reversed view label 0 (the caller
     extracts both views, clip i of each in the same place)."""
     for name, (forward, backward) in (("train", (train_forward, train_reversed)), ("test", (test_forward, test_reversed))):
         for features in (forward, backward):
-            require_times(features)
+            check_times(features)
         if len(forward.tokens) != len(backward.tokens):
             raise SpatialProbeError(f"temporal probe: {name} forward and reversed views hold different numbers of clips")
     n_train, n_test = len(train_forward.tokens), len(test_forward.tokens)
-    train = TokenFeatures.concat([train_forward, train_reversed])
-    test = TokenFeatures.concat([test_forward, test_reversed])
+    train, test = joined([train_forward, train_reversed]), joined([test_forward, test_reversed])
     labels = np.r_[np.ones(n_train, int), np.zeros(n_train, int)]
     clip_of_row = np.r_[np.arange(n_train), np.arange(n_train)]
     predicted = classify(probe, train, labels, test, seed, budget, clip_of_row).reshape(2, n_test)
@@ -247,11 +279,11 @@ def pair_features(pooled: torch.Tensor, pairs: np.ndarray) -> torch.Tensor:
     return torch.cat([pooled[clip, i], pooled[clip, j]], 1)
 
 
-def probe_pairwise_order(train: TokenFeatures, test: TokenFeatures, pairs_per_clip: int = 8, seed: int = 0,
+def probe_pairwise_order(train: Clips, test: Clips, pairs_per_clip: int = 8, seed: int = 0,
                          n_boot: int = 1000) -> TemporalResult:
     """pairwise_order_accuracy of the linear probe on per-step pooled features [f_i, f_j]. A stage with one
     time step has no pairs: its value is NaN and the score's note says why."""
-    train_steps, test_steps = time_steps(train), time_steps(test)
+    train_steps, test_steps = steps_of(train), steps_of(test)
     ceiling, ceiling_reason = temporal_ceiling(test, "pairwise_order_accuracy")
     steps = len(test_steps.intervals)
     if steps < 2 or len(train_steps.intervals) < 2:

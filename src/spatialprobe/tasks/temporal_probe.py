@@ -124,16 +124,28 @@ def clip_shards(run, ctx: PlanContext) -> list[tuple[str, object]]:
 
 
 # --- feature jobs: the probes on the stored clip features ------------------------------------------------
-def clip_features(ctx: PlanContext, run, split: str, view: str, stage: str):
-    """One stage of one view of a clip split, from the store, all clips in memory (the attentive probe reads
-    every token)."""
-    from ..features import TokenFeatures
+def clip_shards_of(ctx: PlanContext, run, split: str, view: str, stage: str):
+    """The stored shards (TokenFeatures) of one stage of one view of a clip split, one at a time."""
     from ..store.shards import FeatureCache
     from ..store.sources import StoreSource
 
-    source = StoreSource(FeatureCache(ctx.store_root), run.spec.key(), ctx.clips.view_hash(view), split,
-                         len(ctx.clips.split(split)), ctx.config.shard_size, stage)
-    return TokenFeatures.concat(list(source.shards()))
+    return StoreSource(FeatureCache(ctx.store_root), run.spec.key(), ctx.clips.view_hash(view), split,
+                       len(ctx.clips.split(split)), ctx.config.shard_size, stage).shards()
+
+
+def clip_features(ctx: PlanContext, run, split: str, view: str, stage: str):
+    """Every clip's tokens in memory: what the attentive probe reads."""
+    from ..features import TokenFeatures
+
+    return TokenFeatures.concat(list(clip_shards_of(ctx, run, split, view, stage)))
+
+
+def clip_steps(ctx: PlanContext, run, split: str, view: str, stage: str):
+    """The clips' tokens pooled per time step, shard by shard: all the linear probes read, in memory clips x
+    steps x channels, never every token (a stage of an LLM-wide model on thousands of clips would not fit)."""
+    from ..probes.temporal import TimeSteps, time_steps
+
+    return TimeSteps.concat([time_steps(shard) for shard in clip_shards_of(ctx, run, split, view, stage)])
 
 
 def result_record(result, n: int, budget: dict | None) -> dict:
@@ -218,7 +230,8 @@ class TemporalJob:
         splits = {s: ctx.clips.split(s) for s in ("train", "test")}
         labels = {s: np.array([split.label(i) for i in range(len(split))]) for s, split in splits.items()}
         n, budget = len(splits["test"]), settings.attentive.model_dump()
-        feats = {(s, v): clip_features(ctx, self.model, s, v, self.stage) for s in splits for v in {first, second}}
+        read = clip_features if "attentive" in settings.probes else clip_steps
+        feats = {(s, v): read(ctx, self.model, s, v, self.stage) for s in splits for v in {first, second}}
         records = []
         for probe in settings.probes:
             kept = budget if probe == "attentive" else None
