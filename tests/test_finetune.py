@@ -1,10 +1,13 @@
 """Mod C: LoRA on a tiny Qwen2.5-VL's vision blocks, trained on the dense coverage target, loaded back as the
 `lora:<id>` variant and probed like the original.
 
-The spatial lift is measured on the `noise` preset: on `easy` the untuned tiny model's dense probe already sits
-at the token grid's ceiling (measured: spatial_iou 0.614 with a 0.621 ceiling at 112 px, 0.750 with 0.757 at
-224 px), so nothing can rise above it there; on `noise` (random colours, noise background, three smaller
-distractors) telling the largest object apart takes more than each token's own colour.
+The spatial lift is measured on the `easy` preset, with a tiny Qwen2.5-VL whose random vision blocks mix the
+image's tokens: at transformers' init scale (0.02) the blocks add almost nothing to the residual stream, so the
+last block still holds each patch's own colour and its dense probe sits at the token grid's ceiling (measured:
+0.614 against 0.621 at 112 px), where nothing can rise. A trained VLM's blocks do mix (what the proposal measures
+Qwen losing); here the attention's query/key/value weights are scaled by 20 (sharp attention to random tokens)
+and the blocks' output projections by 30 (their output outweighs the token's own), the same architecture and
+loading path: the untuned last block reads 0.39 [0.32, 0.46], and the fine-tune has a layout to recover.
 """
 import math
 import re
@@ -32,8 +35,13 @@ pytest.importorskip("peft")
 SIZE = 112  # 8x8 patches at the vision blocks, 4x4 merged tokens, 4 attention windows
 LAST_BLOCK = "vision.block.3"
 CPU = SimpleNamespace(device="cpu")  # all open_spec reads of a run config
-#: what lifts the dense probe on `noise` within seconds (measured: 0.00 untuned -> 0.18 [0.10, 0.26] tuned)
-BUDGET = FinetuneBudget(steps=120, batch_size=8, lr=5e-3, rank=8, alpha=16, checkpoint_every=20)
+#: what lifts the mixing model's dense probe on `easy` in seconds (measured: 0.39 [0.32, 0.46] untuned -> 0.57
+#: [0.53, 0.61] tuned; at lr 5e-3 and 120 steps it reached 0.43, inside the untuned interval)
+LIFT_BUDGET = FinetuneBudget(steps=300, batch_size=8, lr=2e-2, rank=8, alpha=16, checkpoint_every=50)
+#: the fine-tune the variant's other checks read (the plain tiny model: its planted patches stay in place)
+BUDGET = FinetuneBudget(steps=40, batch_size=8, lr=5e-3, rank=8, alpha=16, checkpoint_every=10)
+#: the mixing model (see the module's note): query/key/value and output projections of every vision block scaled
+QKV_SCALE, OUTPUT_SCALE = 20.0, 30.0
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +50,28 @@ def tiny_qwen(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def mixing_qwen(tmp_path_factory):
+    return str(mixing_blocks(save_tiny("qwen2_5_vl", tmp_path_factory.mktemp("mixing"))))
+
+
+def mixing_blocks(folder):
+    """The tiny checkpoint in `folder` with its vision blocks' attention sharpened and their outputs scaled up."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder)
+    with torch.no_grad():
+        for block in model.model.visual.blocks:
+            block.attn.qkv.weight.mul_(QKV_SCALE)
+            block.attn.proj.weight.mul_(OUTPUT_SCALE)
+            block.mlp.down_proj.weight.mul_(OUTPUT_SCALE)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    root = generate_synthetic_shapes(tmp_path_factory.mktemp("noise") / "shapes", n_train=48, n_val=8, n_test=24,
-                                     preset="noise", image_size=SIZE)
+    root = generate_synthetic_shapes(tmp_path_factory.mktemp("easy") / "shapes", n_train=48, n_val=8, n_test=24,
+                                     preset="easy", image_size=SIZE)
     return {split: load_coco(root, split) for split in ("train", "val", "test")}
 
 
@@ -58,15 +85,18 @@ def frozen_weights(model) -> dict[str, torch.Tensor]:
             if "visual.merger" in name or "language_model" in name or "lm_head" in name}
 
 
-@pytest.fixture(scope="module")
-def tuned(tiny_qwen, shapes, tmp_path_factory):
-    backbone = open_spec(base_spec(tiny_qwen), CPU)
+def fine_tuned(path: str, shapes, budget: FinetuneBudget, folder) -> SimpleNamespace:
+    backbone = open_spec(base_spec(path), CPU)
     before = frozen_weights(backbone.model)
-    folder = tmp_path_factory.mktemp("finetune")
-    result = finetune(backbone, shapes["train"], shapes["val"], BUDGET, folder, base_key=base_spec(tiny_qwen).key())
-    spec = ModelSpec(family="qwen2_5_vl", path=tiny_qwen, options=freeze({"resolution": SIZE}),
+    result = finetune(backbone, shapes["train"], shapes["val"], budget, folder, base_key=base_spec(path).key())
+    spec = ModelSpec(family="qwen2_5_vl", path=path, options=freeze({"resolution": SIZE}),
                      variant="lora:spatial", adapter=str(result.adapter))
     return SimpleNamespace(backbone=backbone, before=before, result=result, spec=spec, folder=folder)
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_qwen, shapes, tmp_path_factory):
+    return fine_tuned(tiny_qwen, shapes, BUDGET, tmp_path_factory.mktemp("finetune"))
 
 
 def dense_spatial_iou(backbone, shapes) -> dict:
@@ -109,7 +139,7 @@ def test_the_adapter_is_chosen_on_val_and_saved_with_its_training_record(tuned):
     assert (result.adapter / "adapter_model.safetensors").is_file()
     assert record["base_key"] == base_spec(tuned.spec.path).key() and record["budget"]["steps"] == BUDGET.steps
     assert len(record["train_losses"]) == BUDGET.steps == result.steps_done
-    assert [s for s, _ in result.val_losses] == [0, 20, 40, 60, 80, 100, 120]
+    assert [s for s, _ in result.val_losses] == [0, 10, 20, 30, 40]
     best_step, best_loss = min(result.val_losses, key=lambda v: v[1])
     assert result.chosen_step == best_step and best_loss < result.val_losses[0][1]
     assert record["mixed_precision"] is False and record["gradient_checkpointing"] is False  # CPU
@@ -158,9 +188,10 @@ def test_the_tuned_variant_passes_the_planted_patch_check_at_every_stage(opened,
     assert_peaks_in_planted_cells(opened, plants, cells_per_side=4, size=SIZE)
 
 
-def test_the_tuned_dense_spatial_iou_rises_above_the_untuned_interval(opened, tiny_qwen, shapes):
-    untuned = dense_spatial_iou(open_spec(base_spec(tiny_qwen), CPU), shapes)
-    tuned = dense_spatial_iou(opened, shapes)
+def test_the_tuned_dense_spatial_iou_rises_above_the_untuned_interval(mixing_qwen, shapes, tmp_path):
+    lifted = fine_tuned(mixing_qwen, shapes, LIFT_BUDGET, tmp_path / "lift")
+    untuned = dense_spatial_iou(open_spec(base_spec(mixing_qwen), CPU), shapes)
+    tuned = dense_spatial_iou(open_spec(lifted.spec, CPU), shapes)
     # the intervals are apart, and the tuned value clears the probe's floor (a guess from the training masks)
     assert tuned["ci_low"] > untuned["ci_high"] and tuned["value"] > tuned["floor"], (untuned, tuned)
 
