@@ -306,3 +306,20 @@ def test_the_phase1_table_never_refuses_a_run_without_its_probe():
     check_decision(config, ["spatial_probe"], ["pooled"], ["a"])
     verdict = decide([row("a", "bbox_iou", 0.7, probe="pooled")], models("a"), config)
     assert [best for _, best, _ in verdict.phase1.rows] == [None, None] and "not measured" in verdict.phase1.text(0.5)
+
+
+# --- a VQA benchmark beside the generated questions: the guard judges each set -----------------------------------
+@pytest.mark.parametrize("benchmark_tuned, status, each", [
+    (0.78, "pass", ("pass", "pass")),  # 0.975 [0.95, 1.0] on both sets
+    (0.60, "fail", ("pass", "fail")),  # the benchmark's ratio 0.75 sinks the rescue though the generated one holds
+    (0.76, "uncertain", ("pass", "uncertain")),  # [0.925, 0.975] straddles on the benchmark
+])
+def test_mod_c_guard_judges_the_generated_and_the_benchmark_questions_each(benchmark_tuned, status, each):
+    results = mod_c_run(0.70, 0.79) + [vqa("qwen", 0.80, questions="benchmark"),
+                                       vqa("qwen-modc", benchmark_tuned, variant="lora:r8", questions="benchmark")]
+    (mod_c,) = decide(results, models("qwen", "qwen-modc"), tuned_from={"qwen-modc": "qwen"}).mod_c
+    guard = mod_c.guard
+    assert guard.status == status and tuple(check.status for _, check in guard.parts) == each
+    assert [questions for questions, _ in guard.parts] == ["generated", "benchmark"]
+    text = guard.text(0.95)
+    assert text.startswith("generated questions: VQA 0.988") and f"benchmark questions: VQA {benchmark_tuned / 0.8:.3f}" in text

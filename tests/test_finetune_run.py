@@ -21,15 +21,15 @@ SHAPES = {"n_train": 24, "n_val": 8, "n_test": 16, "image_size": 112, "preset": 
 TUNED = "qwen-tiny [Mod C]"
 
 
-def modc_config(cache: Path, **finetune) -> dict:
+def modc_config(cache: Path, path: str = "tiny", **finetune) -> dict:
     return {
         "name": "modc", "dataset": {"kind": "synthetic_shapes", "shapes": SHAPES},
-        "models": [{"name": "qwen-tiny", "family": "qwen2_5_vl", "path": "tiny", "options": {"resolution": 112},
+        "models": [{"name": "qwen-tiny", "family": "qwen2_5_vl", "path": path, "options": {"resolution": 112},
                     "random_init_control": False}],
         "controls": {"pixels": False, "shuffled_tokens": False},
-        "tasks": ["spatial_probe", "vqa"], "probes": ["dense"], "vqa_questions": 8,
+        "tasks": ["spatial_probe", "vqa"], "probes": ["dense"], "vqa_questions": 32,
         "alignment": {"permutations": 20}, "bootstrap": 50, "shard_size": 16, "cache_dir": str(cache),
-        "finetune": {"models": ["qwen-tiny"], "steps": 6, "batch_size": 4, "lr": 5e-3, "checkpoint_every": 3,
+        "finetune": {"models": ["qwen-tiny"], "steps": 6, "batch_size": 4, "lr": 2e-2, "checkpoint_every": 3,
                      **finetune},
     }
 
@@ -40,11 +40,71 @@ def read(out: Path) -> tuple[dict, list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def modc_run(tmp_path_factory):
+def answering_qwen(tmp_path_factory) -> str:
+    """A tiny Qwen2.5-VL taught the run's training questions (`answering.py`): the guard needs answers."""
+    from answering import teach_to_answer
+    from spatialprobe.data import generate_synthetic_shapes, load_coco
+    from spatialprobe.testing import save_tiny
+
+    base = tmp_path_factory.mktemp("answering")
+    root = generate_synthetic_shapes(base / "shapes", **SHAPES)  # the run's dataset: the same seed, the same images
+    return str(teach_to_answer(save_tiny("qwen2_5_vl", base / "random"), base / "taught", load_coco(root, "train")))
+
+
+def shape_benchmark(root: Path, folder: Path) -> Path:
+    """A benchmark folder in docs/vqa-benchmark.md's layout: the test images with one shape, asked its name (three
+    identical human answers: a right reply scores 1)."""
+    from spatialprobe.data import load_coco
+
+    test = load_coco(root, "test")
+    (folder / "images").mkdir(parents=True)
+    lines = []
+    for i, record in enumerate(test.records):
+        if len(record.annotations) == 1:
+            test.load_image(i).save(folder / "images" / f"{i}.png")
+            name = test.categories[record.annotations[0]["category_id"]]
+            lines.append(json.dumps({"image": f"images/{i}.png", "question": "What shape is in the image?",
+                                     "answers": [name] * 3}))
+    (folder / "questions.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def modc_run(tmp_path_factory, answering_qwen):
+    from spatialprobe.data import generate_synthetic_shapes
+
     base = tmp_path_factory.mktemp("modc")
-    config = parse_config(modc_config(base / "cache"))
+    root = generate_synthetic_shapes(base / "shapes", **SHAPES)
+    config = parse_config({**modc_config(base / "cache", path=answering_qwen),
+                           "vqa_benchmark": str(shape_benchmark(root, base / "bench"))})
     out = run(config, base / "out")
     return config, out, base
+
+
+def guard_text(before: dict, after: dict) -> tuple[str, str]:
+    """The 95% rule on two vqa rows, as the verdict words it, and its status (computed here from the rows)."""
+    ratio = after["value"] / before["value"]
+    low, high = after["ci_low"] / before["ci_high"], after["ci_high"] / before["ci_low"]
+    status = "pass" if low >= 0.95 else "fail" if high < 0.95 else "uncertain"
+    return f"VQA {ratio:.3f} [{low:.3f}, {high:.3f}] of qwen-tiny's, at least 0.95: {status}", status
+
+
+def test_the_semantic_guard_reports_the_95_rule_on_answers_before_and_after(modc_run):
+    _, out, _ = modc_run
+    manifest, rows = read(out)
+    texts, statuses = [], []
+    for questions in ("generated", "benchmark"):
+        vqa = {r["model"]: r for r in rows if r["metric"] == "vqa_accuracy" and r["questions"] == questions}
+        before, after = vqa["qwen-tiny"], vqa[TUNED]
+        assert before["value"] > 0 and before["n"] == after["n"], before  # 0 right would give no ratio
+        assert after["base_model"] == "qwen-tiny"
+        text, status = guard_text(before, after)
+        texts.append(f"{questions} questions: {text}")
+        statuses.append(status)
+    both = "fail" if "fail" in statuses else "pass" if set(statuses) == {"pass"} else "uncertain"
+    summary = (out / "summary.md").read_text().replace("\\[", "[").replace("\\]", "]")  # Markdown-escaped
+    assert f"semantic guard: {'; '.join(texts)}; both sets: {both}" in summary, summary
+    assert manifest["vqa_benchmark"]["questions"] == len((out.parent / "bench" / "questions.jsonl").read_text().splitlines())
 
 
 def test_the_tuned_model_is_a_run_of_its_own_with_its_base(modc_run):
@@ -76,7 +136,8 @@ def test_drift_is_one_before_the_first_lora_layer_and_moves_after_it(modc_run):
     # the patch embedding sits before every LoRA layer: the tuned encoder's features there are the original's
     assert drift["vision.embed"]["value"] == pytest.approx(1.0, abs=1e-9)
     last = drift[vision[-1]]
-    assert last["value"] < 1 - 1e-6 and last["ci_low"] <= last["value"] <= last["ci_high"]
+    # CKA of identical features is 1 to ~1e-12 in float64; six LoRA steps on the taught model move it ~1e-6
+    assert last["value"] < 1 - 1e-8 and last["ci_low"] <= last["value"] <= last["ci_high"]
 
 
 def test_training_curve_row_and_report_section(modc_run):
@@ -108,7 +169,7 @@ class Stop(Exception):
 
 def test_a_killed_fine_tune_resumes_from_its_checkpoint(modc_run, tmp_path, monkeypatch):
     config, _, base = modc_run
-    killed = parse_config(modc_config(tmp_path / "cache"))
+    killed = parse_config(modc_config(tmp_path / "cache", path=config.models[0].path))
     real, seen = train_module.finetune, []
 
     def dies_after_step_4(*args, **kwargs):

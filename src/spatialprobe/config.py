@@ -524,8 +524,11 @@ class RunConfig(Strict):
     temporal: TemporalConfig = TemporalConfig()
     #: Mod C: LoRA fine-tunes of named models' vision encoders, probed beside the originals (unset: none)
     finetune: FinetuneConfig | None = None
-    #: questions asked per model by the vqa task (models with a language head only)
+    #: questions asked per model by the vqa task (models with a language head only), per question set
     vqa_questions: int = Field(64, ge=1)
+    #: a VQA benchmark folder of the user's (docs/vqa-benchmark.md), asked by the vqa task as well as the
+    #: generated questions; its rows carry `questions: benchmark`
+    vqa_benchmark: Path | None = None
     #: images timed per model by the speed task (taken from the test split)
     speed_images: int = Field(32, ge=1)
     bootstrap: int = Field(1000, ge=50)

@@ -571,8 +571,13 @@ class SemanticCheck:
     value: float | None = None  # the ratio of the two accuracies
     ci: tuple[float, float] | None = None  # SEMANTIC_INTERVAL
     why: str = ""  # what a missing check lacks, or that the model is the reference itself
+    #: with a VQA benchmark beside the generated questions: the check on each set (this one combines them)
+    parts: tuple[tuple[str, "SemanticCheck"], ...] = ()
 
     def text(self, ratio: float) -> str:
+        if self.parts:
+            each = "; ".join(f"{questions} questions: {check.text(ratio)}" for questions, check in self.parts)
+            return f"{each}; both sets: {self.status}"
         if self.value is None:
             return f"VQA at least {ratio:.0%} of {self.reference or 'the baseline'}'s: {self.status} ({self.why})"
         interval = f" [{self.ci[0]:.3f}, {self.ci[1]:.3f}]" if self.ci else ""
@@ -589,6 +594,22 @@ def vqa_row(results: list[dict], model: str) -> dict | None:
 
 
 def semantic_check(results: list[dict], model: str, reference: str | None, ratio: float) -> SemanticCheck:
+    """The 95% rule on each set of questions the run asked (generated, and a benchmark folder's if given):
+    fail if either fails, pass if every measured set passes, missing if none is measured, else uncertain."""
+    from .vqa import question_set
+
+    sets = sorted({question_set(r) for r in results if r.get("metric") == SEMANTIC_METRIC}, reverse=True)
+    if len(sets) < 2 or reference is None or model == reference:
+        return semantic_check_of(results, model, reference, ratio)
+    parts = tuple((s, semantic_check_of([r for r in results if r.get("metric") != SEMANTIC_METRIC
+                                         or question_set(r) == s], model, reference, ratio)) for s in sets)
+    measured = [check.status for _, check in parts if check.status != "missing"]
+    status = ("missing" if not measured else "fail" if "fail" in measured
+              else "pass" if set(measured) == {"pass"} else "uncertain")
+    return SemanticCheck(model, reference, status, parts=parts)
+
+
+def semantic_check_of(results: list[dict], model: str, reference: str | None, ratio: float) -> SemanticCheck:
     if reference is None:
         return SemanticCheck(model, None, "missing", why="no baseline to compare with; set decision.baseline")
     if model == reference:

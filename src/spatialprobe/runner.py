@@ -18,6 +18,7 @@ from .config import RunConfig
 from .data import clips_hash, dataset_hash, generate_synthetic_shapes, load_coco
 from .data.shapes import GENERATOR_VERSION
 from .decision import configured_model, judged_stage
+from .vqa import load_benchmark
 from .errors import SpatialProbeError
 from .extract import plan_shards, shard_keys
 from .files import write_atomic
@@ -543,6 +544,9 @@ def run(config: RunConfig, out: Path, console: Console | None = None, trust_remo
     clips = prepare_clips(config, console) if "temporal_probe" in config.tasks else None
     if clips is not None:
         manifest["clips"] = clips_manifest(clips)
+    if config.vqa_benchmark is not None and "vqa" in config.tasks:  # checked whole before any model runs
+        manifest["vqa_benchmark"] = {"path": str(config.vqa_benchmark),
+                                     "questions": len(load_benchmark(config.vqa_benchmark))}
     manifest["results_schema"] = RESULTS_SCHEMA
     runs = run_infos(config, trust_remote_code)
     manifest["models"] = {info.name: {"label": info.label, "control": info.variant,

@@ -21,17 +21,22 @@ class VqaJob:
     ctx: PlanContext
 
     def run(self, backbone) -> list[dict]:
-        from ..vqa import vqa_records
+        from pathlib import Path
+
+        from ..vqa import benchmark_records, load_benchmark, vqa_records
 
         if not hasattr(backbone, "answer"):  # a vision encoder: no language head to ask
             return []
         config = self.config
         run = self.model
         tuned = {"base_model": run.base.name} if getattr(run, "base", None) else {}  # Mod C's semantic guard
+        rows = vqa_records(backbone, self.ctx.data.split("train"), self.ctx.data.split("test"), config.bootstrap,
+                           config.seed, config.vqa_questions)
+        if config.vqa_benchmark is not None:
+            rows += benchmark_records(backbone, load_benchmark(config.vqa_benchmark), Path(config.vqa_benchmark).name,
+                                      config.bootstrap, config.seed, config.vqa_questions)
         return [{**r, "model": run.name, "label": run.label, "family": run.family,
-                 "control": run.variant, "variant": run.variant, "seed": config.seed, **tuned}
-                for r in vqa_records(backbone, self.ctx.data.split("train"), self.ctx.data.split("test"),
-                                     config.bootstrap, config.seed, config.vqa_questions)]
+                 "control": run.variant, "variant": run.variant, "seed": config.seed, **tuned} for r in rows]
 
 
 class VqaTask(NoJobs):
@@ -50,7 +55,9 @@ class VqaTask(NoJobs):
     def section(self, manifest: dict, results: list[dict]) -> str:
         return ('<h2>Semantic check</h2><p class="note">Generated questions about colour, shape, count and relative '
                 "position, answered with each VLM's own generate; exact match of the first word (proposal section 7.3: "
-                "&gt; 0.6 and at least 95% of the baseline). floor: the best constant answer per question type.</p>"
+                "&gt; 0.6 and at least 95% of the baseline). floor: the best constant answer per question type. Rows "
+                "with questions: benchmark answer the run's vqa_benchmark folder, scored as VQAv2 scores (floor: the "
+                "best single answer to every question).</p>"
                 f"{results_table([r for r in results if r.get('task') == self.name])}")
 
 
