@@ -51,6 +51,8 @@ def test_every_stage_has_rows_with_interval_floor_ceiling_and_protocol(temporal_
     manifest = json.loads((run_dir / "manifest.json").read_text())
     rows = [r for r in rows_of(run_dir) if r["task"] == "temporal_probe" and r["view"] == "forward"]
     assert manifest["clips"]["kind"] == "moving_shapes" and manifest["clips"]["test"] == 20
+    for model in ("pixels", "dino-tiny"):  # how each reads clips, in the manifest
+        assert isinstance(manifest["models"][model]["clip_preprocessing"], dict), manifest["models"][model]
     expected = {("direction_accuracy", "linear"), ("direction_accuracy", "attentive"), ("ordering_accuracy", "linear"),
                 ("ordering_accuracy", "attentive"), ("pairwise_order_accuracy", "linear")}
     for model in ("pixels", "dino-tiny"):

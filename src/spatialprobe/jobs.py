@@ -151,7 +151,7 @@ def info_key(spec: ModelSpec) -> str:
     """Where a model's `InfoJob` output (its description and stage list) is kept in the run's result store."""
     from .store.results import result_key
 
-    return result_key(what="model-info", model=spec.key())
+    return result_key(what="model-info", model=spec.key(), info=2)  # 2: clip readers describe how they read clips
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,9 @@ class InfoJob:
     config: RunConfig
 
     def run(self, backbone) -> dict:
-        describe = {k: v for k, v in backbone.describe().items() if k != "label"}
+        # a family that reads clips says how (frames per time step, fps...): the manifest records it
+        described = backbone.describe(clips="video" in backbone.modalities)
+        describe = {k: v for k, v in described.items() if k != "label"}
         return {"describe": describe, "stages": list(backbone.stages)}
 
 
