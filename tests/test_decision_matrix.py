@@ -24,7 +24,8 @@ def phase2(model, spatial, bbox=0.60, cka=0.65, lpips=0.25, speed=1.2, direction
     """Every criterion of the default decision measured at the judged stage (speed: no stage, no interval)."""
     rows = [row(model, "spatial_iou", spatial, half_width, "dense"), row(model, "bbox_iou", bbox, probe="dense"),
             row(model, "cka", cka, probe="spatial"), row(model, "lpips_adapter", lpips, probe="conv"),
-            row(model, "direction_accuracy", direction), row(model, "ordering_accuracy", ordering),
+            row(model, "direction_accuracy", direction, probe="attentive"),
+            row(model, "ordering_accuracy", ordering, probe="attentive"),
             {**row(model, "speed_ratio", speed, stage=None), "ci_low": None, "ci_high": None}]
     return [{**r, "variant": variant, "control": variant} for r in rows]
 
@@ -323,3 +324,16 @@ def test_mod_c_guard_judges_the_generated_and_the_benchmark_questions_each(bench
     assert [questions for questions, _ in guard.parts] == ["generated", "benchmark"]
     text = guard.text(0.95)
     assert text.startswith("generated questions: VQA 0.988") and f"benchmark questions: VQA {benchmark_tuned / 0.8:.3f}" in text
+
+
+def test_the_temporal_criteria_read_the_attentive_probe_not_the_first_row():
+    # the linear probe pools each time step's tokens: it cannot see where a shape is, so a verdict on it would
+    # fail a model whose tokens carry the motion; its row comes first, as the task writes them
+    results = [r for r in phase2("a", 0.70) if r["metric"] not in ("direction_accuracy", "ordering_accuracy")]
+    results += [row("a", "direction_accuracy", 0.20, probe="linear"), row("a", "direction_accuracy", 0.90, probe="attentive"),
+                row("a", "ordering_accuracy", 0.50, probe="linear"), row("a", "ordering_accuracy", 0.85, probe="attentive")]
+    verdict = decide(results, models("a"))
+    (judged,) = [v for v in verdict.per_model if v.model == "a"]
+    assert judged.status("direction_accuracy") == "pass" and judged.status("ordering_accuracy") == "pass"
+    only_linear = [r for r in results if r.get("probe") != "attentive"]
+    assert {"direction_accuracy", "ordering_accuracy"} <= set(decide(only_linear, models("a")).missing)

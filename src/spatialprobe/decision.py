@@ -105,8 +105,10 @@ class DecisionConfig(BaseModel):
         Criterion(metric="lpips_adapter", weight=0.15, threshold=0.35, direction="below", target=0.30,
                   acceptable=0.35, fail=0.40),
         Criterion(metric="speed_ratio", weight=0.10, threshold=2.0, direction="below", target=1.5, acceptable=2.0, fail=3.0),
-        Criterion(metric="direction_accuracy", weight=0.0, threshold=0.80, direction="above"),
-        Criterion(metric="ordering_accuracy", weight=0.0, threshold=0.75, direction="above"),
+        # the attentive probe (V-JEPA's protocol for frozen video features): the linear probe pools each time
+        # step's tokens, so it cannot see where a shape is, only what the frame holds
+        Criterion(metric="direction_accuracy", weight=0.0, threshold=0.80, direction="above", probe="attentive"),
+        Criterion(metric="ordering_accuracy", weight=0.0, threshold=0.75, direction="above", probe="attentive"),
     ])
     #: section 8.1's table (Phase 1, quick assessment): "at least one VLM" above the acceptable bound, each
     #: row's tier taken from the best model; reported beside the gate, not used for the matrix row
