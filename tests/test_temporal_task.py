@@ -162,6 +162,19 @@ def test_temporal_stages_shrink_the_dry_runs_clip_disk_estimate(temporal_run):
     assert 0 < fewer < every
 
 
+def test_the_dry_run_prices_the_attentive_probes_memory_and_linear_alone_needs_none(temporal_run):
+    _, config, _ = temporal_run
+    from spatialprobe.plan import plan_jobs
+
+    with_attentive = plan_jobs(config)["estimate"]
+    linear = config.model_copy(update={"temporal": config.temporal.model_copy(update={"probes": ["linear"]})})
+    more_clips = config.model_copy(update={"temporal": config.temporal.model_copy(update={"data": config.temporal.data.model_copy(
+        update={"moving_shapes": {**config.temporal.data.moving_shapes, "n_train": 80}})})})
+    assert with_attentive["attentive_ram_gb"] > 0 and plan_jobs(linear)["estimate"]["attentive_ram_gb"] == 0
+    assert plan_jobs(more_clips)["estimate"]["attentive_ram_gb"] > with_attentive["attentive_ram_gb"]
+    assert with_attentive["host_ram_gb"] >= with_attentive["attentive_ram_gb"]
+
+
 @pytest.mark.parametrize("stage, message", [("vision block", "contains spaces"), ("-1", "without a stage family")])
 def test_a_bad_temporal_stage_is_one_line_naming_its_place(tmp_path, stage, message):
     config = temporal_config(tmp_path)

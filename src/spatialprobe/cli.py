@@ -150,8 +150,7 @@ def print_shared_plan(cfg, trust_remote_code: bool) -> None:
     typer.echo(f"{len(jobs['models'])} shared extractions, {todo} of {len(jobs['extraction'])} shard jobs to run, "
                f"{len(jobs['tasks'])} task jobs; estimate: {e['gpu_hours']:.1f} GPU-hours (extraction "
                f"{e['extraction_gpu_hours']:.1f}, speed+vqa {e['speed_vqa_gpu_hours']:.1f}, probe fits "
-               f"{e['probe_fit_gpu_hours']:.1f}{phase2_hours(e)}), host RAM {e['host_ram_gb']:.0f} GB ({e['host_ram_model']}: one extraction "
-               f"job + accumulators), disk {e['disk_gb'] / 1000:.2f} TB")
+               f"{e['probe_fit_gpu_hours']:.1f}{phase2_hours(e)}), host RAM {e['host_ram_gb']:.0f} GB ({e['host_ram_for']}), disk {e['disk_gb'] / 1000:.2f} TB")
 
 
 def phase2_hours(estimate: dict) -> str:

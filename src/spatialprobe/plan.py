@@ -610,6 +610,26 @@ def clip_disk_bytes(config: RunConfig, runs) -> int:
     return clip_frames(config) * sum(stored.values())
 
 
+#: one view of a split's clips held by the attentive probe's job, in copies: the four views it reads (train and
+#: test, forward and reversed), their joined copies, and the float32 copy of the joined training tokens (2 x 2)
+ATTENTIVE_VIEW_COPIES = 4 + 4 + 8
+
+
+def attentive_ram(config: RunConfig, runs) -> tuple[int, str | None]:
+    """Host RAM of the largest temporal probe job with the attentive probe (it holds every token of a stage's
+    clips; `probes: [linear]` streams instead), and the run it belongs to."""
+    if "temporal_probe" not in config.tasks or "attentive" not in config.temporal.probes:
+        return 0, None
+    train, test = clip_counts(config)
+    largest, name = 0, None
+    for run in video_runs(runs):
+        widest = max((s.tokens * s.channels for s in clip_stage_shapes(config, run)), default=0)
+        size = widest * STORED_BYTES * config.temporal.data.frames * (train + test) // 2 * ATTENTIVE_VIEW_COPIES
+        if size > largest:
+            largest, name = size, run.name
+    return largest, name
+
+
 def phase2_flops(config: RunConfig, runs) -> dict[str, float]:
     """FLOPs of the Phase 2 tasks: CKA of every stage of every run, and one adapter per run at its widest stage
     (the judged stage is not known before the models are read; the widest is the dearest)."""
@@ -712,13 +732,20 @@ def estimate(config: RunConfig, runs, models: list[dict], fit_flops: float) -> d
     widest = max((s for r in runs for s in run_stages(r)), key=lambda s: s.channels, default=None)
     accumulators = (n_train ** 2 + (widest.channels ** 2 if widest else 0)) * ACCUMULATOR_BYTES
     largest = max(models, key=lambda m: m["extraction_ram_bytes"], default=None)
+    extraction_ram = (largest["extraction_ram_bytes"] if largest else 0) + accumulators
+    temporal_ram, temporal_run = attentive_ram(config, runs)
     return {"gpu_hours": extraction + model_jobs + probes + sum(phase2.values()), "extraction_gpu_hours": extraction,
             "speed_vqa_gpu_hours": model_jobs, "probe_fit_gpu_hours": probes,
             "alignment_gpu_hours": phase2["latent_alignment"], "adapter_gpu_hours": phase2["adapter_bridging"],
             "temporal_gpu_hours": phase2["temporal_probe"], "finetune_gpu_hours": phase2["finetune"],
             "probe_fit_pflop": fit_flops / 1e15,
-            "host_ram_gb": ((largest["extraction_ram_bytes"] if largest else 0) + accumulators) / 1e9,
+            "host_ram_gb": max(extraction_ram, temporal_ram) / 1e9,
             "host_ram_model": largest and largest["runs"][0],
+            # what sets it: an extraction job with the accumulators, or the attentive temporal probe's job
+            "host_ram_for": (f"{temporal_run}: the attentive temporal probe holds a stage's clips"
+                             if temporal_ram > extraction_ram else
+                             f"{largest and largest['runs'][0]}: one extraction job + accumulators"),
+            "attentive_ram_gb": temporal_ram / 1e9,
             "disk_gb": (sum(m["disk_bytes"] for m in models) + clip_disk_bytes(config, runs)) / 1e9,
             "clip_disk_gb": clip_disk_bytes(config, runs) / 1e9,
             "assumptions": ASSUMPTIONS}
@@ -734,5 +761,6 @@ ASSUMPTIONS = (f"forward FLOPs per image = 2 x parameters x tokens + 4 x layers 
                f"adapters 3 x 2 x parameters x latent cells per training image, decoding {VAE_DECODE_FACTOR:.0f}x the VAE "
                f"encoder's FLOPs per image, {DECODES_PER_IMAGE} decodes per test image, clips as frames x one image's forward per "
                f"view (moving shapes: the generator's counts, else {DEFAULT_CLIPS} clips); host RAM = the largest extraction job (batches up to the {SPILL_BYTES / 2**30:.0f} GiB spill "
-               f"budget, one batch of every stage, one stage of a shard) + the float64 accumulators (n x n Gram, C x C); measured seconds per image replace the assumption where a "
+               f"budget, one batch of every stage, one stage of a shard) + the float64 accumulators (n x n Gram, C x C), or the "
+               f"attentive temporal probe's job if larger ({ATTENTIVE_VIEW_COPIES // 2} copies of a stage's clips, both splits, in float16); measured seconds per image replace the assumption where a "
                f"shard index has them")
