@@ -598,13 +598,12 @@ def vqa_row(results: list[dict], model: str) -> dict | None:
 def semantic_check(results: list[dict], model: str, reference: str | None, ratio: float) -> SemanticCheck:
     """The 95% rule on each set of questions the run asked (generated, and a benchmark folder's if given):
     fail if either fails, pass if every measured set passes, missing if none is measured, else uncertain."""
-    from .vqa import question_set
+    from .vqa import asking, question_sets
 
-    sets = sorted({question_set(r) for r in results if r.get("metric") == SEMANTIC_METRIC}, reverse=True)
+    sets = question_sets(results)
     if len(sets) < 2 or reference is None or model == reference:
         return semantic_check_of(results, model, reference, ratio)
-    parts = tuple((s, semantic_check_of([r for r in results if r.get("metric") != SEMANTIC_METRIC
-                                         or question_set(r) == s], model, reference, ratio)) for s in sets)
+    parts = tuple((s, semantic_check_of(asking(results, s), model, reference, ratio)) for s in sets)
     measured = [check.status for _, check in parts if check.status != "missing"]
     status = ("missing" if not measured else "fail" if "fail" in measured
               else "pass" if set(measured) == {"pass"} else "uncertain")

@@ -84,9 +84,9 @@ def vqa_records(backbone, train_data, test_data, n_boot: int = 1000, seed: int =
 def relative_records(results: list[dict], baseline: str | None) -> list[dict]:
     """`vqa_relative`: each model's accuracy over the baseline's (proposal 7.3 asks for at least 0.95)."""
     out = []
-    for questions in sorted({question_set(r) for r in results if r.get("metric") == "vqa_accuracy"}):
-        accuracy = {r["model"]: r for r in results if r.get("task") == "vqa" and r["metric"] == "vqa_accuracy"
-                    and question_set(r) == questions}
+    for questions in question_sets(results):
+        accuracy = {r["model"]: r for r in asking(results, questions) if r.get("task") == "vqa"
+                    and r["metric"] == "vqa_accuracy"}
         if baseline not in accuracy or not accuracy[baseline]["value"]:
             continue
         base = accuracy[baseline]["value"]
@@ -99,6 +99,16 @@ def relative_records(results: list[dict], baseline: str | None) -> list[dict]:
 def question_set(row: dict) -> str:
     """Which questions a vqa row answers: "generated" (rows before there were two sets say nothing) or "benchmark"."""
     return row.get("questions", "generated")
+
+
+def question_sets(results: list[dict]) -> list[str]:
+    """The question sets the results' `vqa_accuracy` rows answer, the generated questions first."""
+    return sorted({question_set(r) for r in results if r.get("metric") == "vqa_accuracy"}, reverse=True)
+
+
+def asking(results: list[dict], questions: str) -> list[dict]:
+    """The results without the `vqa_accuracy` rows of the other question sets (what one set's checks read)."""
+    return [r for r in results if r.get("metric") != "vqa_accuracy" or question_set(r) == questions]
 
 
 # --- a VQA benchmark folder of the user's (asked as well as the generated questions) ---------------------------

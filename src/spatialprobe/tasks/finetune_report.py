@@ -78,14 +78,13 @@ def guard_lines(manifest: dict, results: list[dict], tuned: str, base: str) -> l
     """VQA before and after with intervals, and the Mod C outcome with the 95% rule's verdict (decision.py's)."""
     from ..decision import DecisionConfig, vqa_row
     from ..report import run_verdict
-    from ..vqa import question_set
+    from ..vqa import asking, question_sets
 
     lines = []
-    sets = sorted({question_set(r) for r in results if r.get("metric") == "vqa_accuracy"}, reverse=True) or ["generated"]
+    sets = question_sets(results) or ["generated"]
     for questions in sets:
-        asked = [r for r in results if r.get("metric") != "vqa_accuracy" or question_set(r) == questions]
         for model, when in ((base, "before (original)"), (tuned, "after (tuned)")):
-            row = vqa_row(asked, model)
+            row = vqa_row(asking(results, questions), model)
             lines.append(f"VQA accuracy {when}" + (f", {questions} questions" if len(sets) > 1 else "") + ": "
                          + (f"{row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
                             if row and row.get("ci_low") is not None else f"{row['value']:.3f}" if row else "not measured"))
