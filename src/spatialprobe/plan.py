@@ -136,14 +136,13 @@ def tuned_rows(config: RunConfig, planned: list[PlannedModel]) -> list[PlannedMo
     under 1% of the parameters), named and controlled as the run will be."""
     from dataclasses import replace
 
-    from .finetune.runs import tuned_name
     from .spec import spec_runs
 
     if config.finetune is None:
         return []
     by_name = {p.name: p for p in planned}
     return [replace(by_name[run.base], name=run.name, control=run.control) for run in spec_runs(config)
-            if run.base is not None and run.base in by_name and run.name == tuned_name(run.base)]
+            if run.base in by_name]
 
 
 # --- the plan as jobs: shared extractions, task jobs and the cost estimate (`run --dry-run --json`) ----------

@@ -218,10 +218,9 @@ def classify(probe: str, train: Clips, train_y, test: Clips, seed: int, budget: 
     the linear probe's clip of each training row, see `fit_linear`)."""
     if probe == "linear":
         return linear_predictions(steps_of(train).flat(), train_y, steps_of(test).flat(), groups)
-    if probe == "attentive" and isinstance(train, TimeSteps):
-        raise SpatialProbeError("temporal probe: the attentive probe reads every token, not time steps pooled")
     if probe == "attentive":
-
+        if isinstance(train, TimeSteps):
+            raise SpatialProbeError("temporal probe: the attentive probe reads every token, not time steps pooled")
         return fit_attentive(train, train_y, seed=seed, **(budget or {})).predict(test)
     raise SpatialProbeError(f"temporal probe: unknown probe {probe!r}; expected one of {', '.join(PROBES)}")
 
