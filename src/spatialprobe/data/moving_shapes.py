@@ -45,8 +45,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ..errors import SpatialProbeError
-from .shapes import (BACKGROUNDS, DEFAULT_MIN_CONTRAST, EASY_PALETTE, MAX_MIN_CONTRAST, PALETTE, SHAPES, background,
-                     background_from, colour_choice, contrasting_colour, draw_mask, mask_box, shape_polygon)
+from .shapes import (DEFAULT_MIN_CONTRAST, EASY_PALETTE, MAX_MIN_CONTRAST, PALETTE, SHAPES, background,
+                     background_from, colour_choice, contrasting_colour, draw_mask, mask_box, shape_polygon,
+                     validate_appearance)
 from .generated import install_dataset, seeded_items
 from .video import DIRECTIONS, SPLITS
 
@@ -222,15 +223,7 @@ def write_splits(folder: Path, record: dict, progress: bool) -> None:
 
 
 def validate(params: dict) -> None:
-    for shape in params["shapes"]:
-        if shape not in SHAPES:
-            raise SpatialProbeError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
-    for colour in params["colors"] if params["colors"] != "random" else []:
-        if colour not in PALETTE:
-            raise SpatialProbeError(f"unknown colour {colour!r}; choose from 'random', 'palette' or "
-                                    f"{', '.join(PALETTE)}")
-    if params["background"] not in BACKGROUNDS:
-        raise SpatialProbeError(f"unknown background {params['background']!r}; choose from {', '.join(BACKGROUNDS)}")
+    validate_appearance(params)
     if params["preset"] not in (None, *PRESETS):
         raise SpatialProbeError(f"unknown preset {params['preset']!r}; choose from {', '.join(PRESETS)} or none")
     if params["motion"] not in MOTIONS:

@@ -249,7 +249,8 @@ def colour_choice(colors) -> str | list[str]:
     return colors.split(",") if isinstance(colors, str) else list(colors)
 
 
-def validate(params: dict) -> None:
+def validate_appearance(params: dict) -> None:
+    """The shapes, colours and background both generators draw with (still images and moving shapes)."""
     for shape in params["shapes"]:
         if shape not in SHAPES:
             raise SpatialProbeError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
@@ -258,6 +259,10 @@ def validate(params: dict) -> None:
             raise SpatialProbeError(f"unknown colour {colour!r}; choose from 'random', 'palette' or {', '.join(PALETTE)}")
     if params["background"] not in BACKGROUNDS:
         raise SpatialProbeError(f"unknown background {params['background']!r}; choose from {', '.join(BACKGROUNDS)}")
+
+
+def validate(params: dict) -> None:
+    validate_appearance(params)
     if params["preset"] not in (None, *PRESETS):
         raise SpatialProbeError(f"unknown preset {params['preset']!r}; choose from {', '.join(PRESETS)}")
     if not 0 <= params.get("distractors", 0):
